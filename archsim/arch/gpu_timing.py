@@ -1,0 +1,349 @@
+"""Numba timing kernels of the h100-like family: seconds per kernel, from its mechanisms.
+
+Every helper a kernel calls lives in this file (a cached kernel does not see a changed helper
+in another file). No module globals are read inside kernels; every number is an argument.
+Equations and sources: docs/arch/h100-like.md and shared/reference/h100-mechanisms.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from archsim._numba import njit
+
+# opcodes (the order of GpuFamily.opcodes)
+GEMM, ATTN_DECODE, ATTN_PREFILL, ELEMENTWISE, ALL_REDUCE, SEND_RECV, LAUNCH = range(7)
+
+
+@njit
+def _smooth_max(a, b, p):
+    """(a^p + b^p)^(1/p): a kernel overlaps tensor work and memory traffic imperfectly."""
+    if a <= 0.0:
+        return b
+    if b <= 0.0:
+        return a
+    hi = max(a, b)
+    return hi * ((a / hi) ** p + (b / hi) ** p) ** (1.0 / p)
+
+
+@njit
+def _stream_bw(active_sms, hbm_bw, per_sm_bw):
+    """HBM bandwidth reachable by ``active_sms`` SMs (each limited by its loads in flight)."""
+    return min(hbm_bw, active_sms * per_sm_bw)
+
+
+@njit
+def gemm_seconds(
+    M,
+    N,
+    K,
+    a_el,
+    w_el,
+    rate,
+    sms,
+    f_boost,
+    f_sust,
+    boost_window,
+    mma_eff,
+    hbm_bw,
+    per_sm_bw,
+    l2_bw_clk,
+    fixed,
+    gap,
+    ew_fixed,
+    p,
+    max_split,
+    bk,
+):
+    """Fastest (BM, BN, split-K) a cuBLAS/CUTLASS-like library would pick; returns
+    (seconds, bm, bn, split).
+
+    Per candidate: tiles T = ceil(M/BM) ceil(N/BN) S, waves ceil(T/SMs); tensor time = waves x
+    one tile's MACs at the sustained MMA rate; HBM time = compulsory bytes / bandwidth of the
+    active SMs; L2 time = every tile's A and B panel loads (B halved by 2x1 cluster multicast
+    when M >= 512); kernel = smooth_max(tensor, max(HBM, L2)) + prologue/epilogue + gap;
+    split-K adds fp32 partials and a reduce kernel.
+    """
+    best_t = 1e30
+    best_bm = 0
+    best_bn = 0
+    best_s = 1
+    for bm in (64, 128, 256):
+        rows = min(bm, M)
+        mt = (M + bm - 1) // bm
+        for bn in range(16, 257, 16):
+            nt = (N + bn - 1) // bn
+            for s in range(1, max_split + 1):
+                tiles = mt * nt * s
+                if s > 1 and mt * nt * (s - 1) >= sms:
+                    break  # more splits only add partials once the SMs are full
+                kiters = ((K + s - 1) // s + bk - 1) // bk
+                waves = (tiles + sms - 1) // sms
+                tile_clk = kiters * bk * bm * bn * 2.0 / (rate * mma_eff)
+                t_c = waves * tile_clk / f_boost
+                if t_c > boost_window:
+                    t_c = waves * tile_clk / f_sust
+                active = min(tiles, sms)
+                partials = 4.0 * M * N * s if s > 1 else 0.0
+                hbm = N * K * w_el + M * K * a_el + M * N * 2.0 + partials
+                t_h = hbm / _stream_bw(active, hbm_bw, per_sm_bw)
+                b_share = 0.5 if M >= 512 else 1.0
+                l2 = tiles * kiters * bk * (rows * a_el + bn * w_el * b_share)
+                t_l2 = l2 / (l2_bw_clk * f_boost)
+                t = _smooth_max(t_c, max(t_h, t_l2), p) + fixed + gap
+                if s > 1:  # reduce kernel: read fp32 partials, write bf16 output
+                    t += gap + ew_fixed + (partials + 2.0 * M * N) / hbm_bw
+                if t < best_t:
+                    best_t = t
+                    best_bm = bm
+                    best_bn = bn
+                    best_s = s
+    return best_t, best_bm, best_bn, best_s
+
+
+@njit
+def kv_splits(ctas, n_blocks, slots, max_splits):
+    """FlashAttention-2 num_splits_heuristic: smallest split whose wave efficiency is within
+    85% of the best (flash_api.cpp); no split when the grid already fills 80% of the slots."""
+    if ctas >= 0.8 * slots:
+        return 1
+    top = min(max_splits, slots, n_blocks)
+    best = 0.0
+    for s in range(1, top + 1):
+        w = ctas * s / slots
+        e = w / math.ceil(w)
+        if e > best:
+            best = e
+    for s in range(1, top + 1):
+        w = ctas * s / slots
+        if w / math.ceil(w) >= 0.85 * best:
+            return s
+    return 1
+
+
+@njit
+def attn_decode_seconds(
+    B,
+    Hq,
+    Hk,
+    q_len,
+    L,
+    d,
+    kv_bytes,
+    rate,
+    sms,
+    f_boost,
+    eff,
+    hbm_bw,
+    per_sm_bw,
+    fixed,
+    gap,
+    ew_fixed,
+    p,
+    blk,
+    max_splits,
+):
+    """Flash-Decoding: B x Hk CTAs (query heads of a KV head packed into one tile, padded to
+    64 rows), split over the context so the grid fills the SMs; streams K and V once."""
+    n_blocks = (L + blk - 1) // blk
+    base = B * Hk
+    slots = 2 * sms  # two 128-thread decode CTAs per SM (FA2)
+    s = kv_splits(base, n_blocks, slots, max_splits)
+    ctas = base * s
+    # memory: full waves at HBM speed, the last partial wave limited by its active SMs
+    waves = (ctas + slots - 1) // slots
+    per_cta = kv_bytes / ctas
+    t_m = 0.0
+    left = ctas
+    for _ in range(waves):
+        in_wave = min(left, slots)
+        t_m += in_wave * per_cta / _stream_bw(min(in_wave, sms), hbm_bw, per_sm_bw)
+        left -= in_wave
+    rows = max(64, (Hq // Hk) * q_len)  # wgmma M granularity
+    flops = 4.0 * B * Hk * rows * L * d
+    t_c = flops / (rate * eff * min(ctas, sms) * f_boost)
+    t = _smooth_max(t_c, t_m, p) + fixed + gap
+    if s > 1:  # combine kernel: read fp32 partial O and LSE, write O
+        t += gap + ew_fixed + (4.0 * B * Hq * q_len * d * s + 2.0 * B * Hq * q_len * d) / hbm_bw
+    return t, s
+
+
+@njit
+def attn_prefill_seconds(
+    B,
+    Hq,
+    S,
+    L,
+    d,
+    causal,
+    mem_bytes,
+    rate,
+    sms,
+    f_boost,
+    eff,
+    hbm_bw,
+    cta_fixed,
+    fixed,
+    gap,
+    p,
+    blk,
+):
+    """FlashAttention-3 forward: B x Hq x ceil(S/blk) CTAs, CTA j streams (j+1) K/V blocks when
+    causal (all blocks otherwise); longest CTAs first onto the least-loaded SM (LPT)."""
+    nq = (S + blk - 1) // blk
+    nk = (L + blk - 1) // blk
+    step = blk * blk * d * 4.0 / (rate * eff) / f_boost  # one Q-block x K/V-block step
+    load = np.zeros(sms)
+    for j in range(nq - 1, -1, -1):
+        work = cta_fixed + step * ((j + 1 + nk - nq) if causal else nk)
+        for _ in range(B * Hq):
+            best = 0
+            for q in range(1, sms):
+                if load[q] < load[best]:
+                    best = q
+            load[best] += work
+    t_c = load.max()
+    t_m = mem_bytes / hbm_bw
+    return _smooth_max(t_c, t_m, p) + fixed + gap
+
+
+@njit
+def elementwise_seconds(nbytes, ctas, sms, hbm_bw, per_sm_bw, fixed, gap):
+    return gap + fixed + nbytes / _stream_bw(min(max(ctas, 1), sms), hbm_bw, per_sm_bw)
+
+
+@njit
+def gpu_durations(
+    opcode,
+    m,
+    n,
+    k,
+    g,
+    h,
+    aux,
+    offchip,
+    link,
+    dtype_rate,
+    dtype_el,
+    sms,
+    f_boost,
+    f_sust,
+    boost_window,
+    mma_eff,
+    attn_eff,
+    hbm_bw,
+    per_sm_bw,
+    l2_bw_clk,
+    gap,
+    eager_launch,
+    gemm_fixed,
+    ew_fixed,
+    attn_fixed,
+    attn_cta_fixed,
+    p,
+    max_split,
+    bk,
+    blk,
+    max_kv_splits,
+    nvlink_bw,
+    ar_base,
+    ar_hop,
+    so_bw,
+    so_lat,
+):
+    """Cycles (at the boost clock) of every instruction, and the choice made (tile/split)."""
+    n_ins = opcode.shape[0]
+    cycles = np.zeros(n_ins, dtype=np.int64)
+    choice = np.zeros(n_ins, dtype=np.int64)
+    for i in range(n_ins):
+        op = opcode[i]
+        t = 0.0
+        if op == GEMM:
+            # aux = dtype code: tensor rate per SM clock and bytes per weight element
+            rate = dtype_rate[aux[i]]
+            w_el = dtype_el[aux[i]]
+            a_el = 1.0 if rate > dtype_rate[0] else 2.0  # fp8/int8 GEMMs take 8-bit inputs
+            t, bm, bn, s = gemm_seconds(
+                m[i],
+                n[i],
+                k[i],
+                a_el,
+                w_el,
+                rate,
+                sms,
+                f_boost,
+                f_sust,
+                boost_window,
+                mma_eff,
+                hbm_bw,
+                per_sm_bw,
+                l2_bw_clk,
+                gemm_fixed,
+                gap,
+                ew_fixed,
+                p,
+                max_split,
+                bk,
+            )
+            choice[i] = bm * 1000000 + bn * 1000 + s
+        elif op == ATTN_DECODE:
+            rate = dtype_rate[0]
+            t, s = attn_decode_seconds(
+                g[i],
+                h[i],
+                aux[i],
+                m[i],
+                n[i],
+                k[i],
+                offchip[i],
+                rate,
+                sms,
+                f_boost,
+                attn_eff,
+                hbm_bw,
+                per_sm_bw,
+                attn_fixed,
+                gap,
+                ew_fixed,
+                p,
+                blk,
+                max_kv_splits,
+            )
+            choice[i] = s
+        elif op == ATTN_PREFILL:
+            t = attn_prefill_seconds(
+                g[i],
+                h[i],
+                m[i],
+                n[i],
+                k[i],
+                aux[i] == 1,
+                offchip[i],
+                dtype_rate[0],
+                sms,
+                f_boost,
+                attn_eff,
+                hbm_bw,
+                attn_cta_fixed,
+                attn_fixed,
+                gap,
+                p,
+                blk,
+            )
+        elif op == ELEMENTWISE:
+            t = elementwise_seconds(offchip[i], aux[i], sms, hbm_bw, per_sm_bw, ew_fixed, gap)
+        elif op == ALL_REDUCE:
+            ranks = g[i]
+            steps = 2 * (ranks - 1)
+            t = gap + ar_base + steps * ar_hop + steps / ranks * link[i] / nvlink_bw
+        elif op == SEND_RECV:
+            if aux[i] == 1:
+                t = gap + so_lat + link[i] / so_bw
+            else:
+                t = gap + ar_base + link[i] / nvlink_bw
+        elif op == LAUNCH:
+            t = eager_launch
+        cycles[i] = math.ceil(t * f_boost)
+    return cycles, choice

@@ -1,0 +1,47 @@
+"""Plan: how the model is split over chips (the output of the partition pass)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Bytes the whole model needs resident for this scenario."""
+
+    weight_bytes: float
+    kv_bytes: float
+    act_bytes: float  # peak working activations
+
+    @property
+    def total(self) -> float:
+        return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """chips = tp x pp (x dp). Stage s runs decoder layers stage_layers[s] = (first, stop)."""
+
+    tp: int
+    pp: int
+    stage_layers: tuple[tuple[int, int], ...]
+    need: MemoryNeed
+    capacity_bytes_per_chip: float
+    dp: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chips(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def stage_of_layer(self, layer: int) -> int:
+        for s, (first, stop) in enumerate(self.stage_layers):
+            if first <= layer < stop:
+                return s
+        return 0 if layer < 0 else self.pp - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["chips"] = self.chips
+        return d

@@ -1,0 +1,158 @@
+"""Architecture configs: one frozen pydantic schema per family, values only from YAML.
+
+A YAML names its family (``family: h100-like``) and may ``extends:`` another preset; keys of
+the child override the parent's. ``--set a.b=c`` overrides any key the family's schema has;
+a key the schema does not have is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from archsim.config.yamlio import load_yaml, parse_scalar
+from archsim.errors import ConfigError
+from archsim.paths import data_dir
+
+
+def field(description: str, *, unit: str = "", gt: float | None = 0, **kw: Any) -> Any:
+    """A config field: a one-line description, its unit, and (by default) strictly positive."""
+    extra = {"unit": unit} if unit else {}
+    return Field(..., description=description, gt=gt, json_schema_extra=extra, **kw)
+
+
+class Section(BaseModel):
+    """A group of related parameters (chip, memory, links, ...). Frozen; unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArchParams(Section):
+    """Fields every architecture config has; families subclass it and add their sections."""
+
+    name: str = Field(..., description="preset name, as given to --arch")
+    family: str = Field(..., description="registered cycle model that runs this config")
+    description: str = Field("", description="one line shown by `archsim list archs`")
+    extends: str | None = Field(None, description="preset this one was derived from")
+
+    def digest(self) -> str:
+        """Short hash of the resolved config, recorded in every output."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def arch_names() -> list[str]:
+    """Shipped presets: the stems of arch_configs/*.yaml."""
+    return sorted(p.stem for p in data_dir("arch_configs").glob("*.yaml"))
+
+
+def _find(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    shipped = data_dir("arch_configs") / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"unknown arch {name!r} (valid: {', '.join(arch_names())})")
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _resolve_raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = _find(name)
+    if path.stem in seen:
+        raise ConfigError(f"arch config {path.stem!r}: 'extends' cycle through {' -> '.join(seen)}")
+    raw = load_yaml(path)
+    raw.setdefault("name", path.stem)
+    parent = raw.get("extends")
+    if parent:
+        base = _resolve_raw(str(parent), (*seen, path.stem))
+        base.pop("description", None)
+        raw = _deep_merge(base, raw)
+    return raw
+
+
+def parse_overrides(items: list[str] | tuple[str, ...] | dict[str, Any] | None) -> dict[str, Any]:
+    """``["a.b=1e9", ...]`` -> ``{"a.b": 1e9}``; a dict passes through."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = parse_scalar(value.strip())
+    return out
+
+
+def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_schema_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _apply_override(raw: dict[str, Any], schema: type[BaseModel], key: str, value: Any) -> None:
+    parts = key.split(".")
+    model: type[BaseModel] | None = schema
+    node = raw
+    for i, part in enumerate(parts):
+        fields = model.model_fields if model is not None else {}
+        if part not in fields or part in ("name", "family", "extends"):
+            raise ConfigError(
+                f"unknown config key {key!r} for {raw.get('name')}; valid keys: "
+                + ", ".join(
+                    k for k in _schema_keys(schema) if k not in ("name", "family", "extends")
+                )
+            )
+        ann = fields[part].annotation
+        last = i == len(parts) - 1
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if last:
+                raise ConfigError(f"config key {key!r} is a section; set one of its fields")
+            node = node.setdefault(part, {})
+            model = ann
+        elif not last:
+            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is a value")
+        else:
+            node[part] = value
+
+
+def _one_line(exc: ValidationError, name: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"arch config {name!r}: {loc}: {err['msg']} (got {err.get('input')!r}){more}"
+
+
+def load_arch(name: str, overrides: dict[str, Any] | None = None) -> ArchParams:
+    """Resolve preset ``name`` (or a YAML path), apply overrides, validate against its family."""
+    from archsim.arch import get_family  # registry imports the family modules
+
+    raw = _resolve_raw(name)
+    family = get_family(str(raw.get("family", "")))
+    for key, value in (overrides or {}).items():
+        _apply_override(raw, family.Params, key, value)
+    try:
+        return family.Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, str(raw.get("name")))) from None

@@ -1,0 +1,185 @@
+"""build_graph: ModelSpec x Scenario -> LayerGraph (networkx DiGraph of Op nodes).
+
+FLOP counts use 2 FLOPs per multiply-accumulate. Attention FLOPs count Q K^T and P V
+(4 * heads * head_dim per query-key pair), halved-plus-diagonal for causal prefill
+(FlashAttention-2 paper, arXiv:2307.08691, section 4). Elementwise kernels are counted in
+bytes only (their FLOPs are negligible next to the GEMMs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import networkx as nx
+
+from archsim.errors import ModelError
+from archsim.graph.ops import Op, OpKind
+from archsim.model import ModelSpec
+from archsim.scenario import DTYPE_BYTES, Scenario
+
+ELEM_BYTES = DTYPE_BYTES["bf16"]  # activations between kernels are stored in bf16
+
+
+def _matmul(op_id: str, layer: int, m: int, n: int, k: int, sc: Scenario, tp_role: str) -> Op:
+    """``tp_role``: column (split n across chips) or row (split k, then all-reduce)."""
+    p = sc.precision
+    return Op(
+        id=op_id,
+        kind=OpKind.MATMUL,
+        layer=layer,
+        shape={"m": m, "n": n, "k": k},
+        flops=2.0 * m * n * k,
+        params=n * k,
+        weight_bytes=n * k * p.weight_bytes,  # [k, n] weights
+        act_in_bytes=m * k * p.act_bytes,  # [m, k] inputs
+        act_out_bytes=m * n * ELEM_BYTES,  # [m, n] outputs
+        weight_dtype=p.weights,
+        act_dtype=p.activations,
+        tp_role=tp_role,
+    )
+
+
+def _elementwise(
+    op_id: str,
+    kind: OpKind,
+    layer: int,
+    m: int,
+    n: int,
+    reads: int,
+    params: int = 0,
+    sc: Scenario | None = None,
+) -> Op:
+    """``reads`` input tensors of [m, n] and one [m, n] output, all bf16."""
+    wbytes = params * sc.precision.weight_bytes if (sc and params) else 0.0
+    return Op(
+        id=op_id,
+        kind=kind,
+        layer=layer,
+        shape={"m": m, "n": n},
+        params=params,
+        weight_bytes=wbytes,
+        act_in_bytes=reads * m * n * ELEM_BYTES,
+        act_out_bytes=m * n * ELEM_BYTES,
+    )
+
+
+def _attention(op_id: str, layer: int, spec: ModelSpec, sc: Scenario) -> Op:
+    b, d = sc.batch, spec.head_dim
+    heads, kv_heads = spec.num_heads, spec.num_kv_heads
+    q_len, kv_len = sc.new_tokens_per_seq, sc.kv_len
+    causal = sc.phase == "prefill"
+    # query-key pairs per (sequence, head): causal prefill sees i+1 keys at query i
+    pairs = q_len * (q_len + 1) / 2 if causal else q_len * kv_len
+    kv_tok_bytes = 2 * kv_heads * d * sc.precision.kv_bytes  # K and V of one token, one layer
+    return Op(
+        id=op_id,
+        kind=OpKind.ATTENTION,
+        layer=layer,
+        shape={
+            "batch": b,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "head_dim": d,
+            "q_len": q_len,
+            "kv_len": kv_len,
+            "causal": int(causal),
+        },
+        flops=4.0 * b * heads * d * pairs,
+        act_in_bytes=b * q_len * heads * d * ELEM_BYTES,  # Q [b, q_len, heads, d]
+        act_out_bytes=b * q_len * heads * d * ELEM_BYTES,  # O
+        kv_read_bytes=b * kv_len * kv_tok_bytes,  # K, V [b, kv_len, kv_heads, d]
+        kv_write_bytes=b * q_len * kv_tok_bytes,  # new K, V appended to the cache
+        act_dtype=sc.precision.activations,
+        weight_dtype=sc.precision.kv,
+        tp_role="heads",
+    )
+
+
+def _decoder_layer(g: nx.DiGraph, i: int, x_in: str | None, spec: ModelSpec, sc: Scenario) -> str:
+    """Add one pre-norm decoder layer; returns the id of its output op."""
+    t, h, d = sc.tokens, spec.hidden_size, spec.head_dim
+    q_dim, kv_dim = spec.num_heads * d, spec.num_kv_heads * d
+    ffn = spec.intermediate_size
+    ops = [
+        _elementwise(f"L{i}.attn_norm", OpKind.NORM, i, t, h, 1, params=h, sc=sc),
+        _matmul(f"L{i}.qkv_proj", i, t, q_dim + 2 * kv_dim, h, sc, "column"),
+        replace(_elementwise(f"L{i}.rope", OpKind.ROPE, i, t, q_dim + kv_dim, 1), tp_role="column"),
+        _attention(f"L{i}.attention", i, spec, sc),
+        _matmul(f"L{i}.o_proj", i, t, h, q_dim, sc, "row"),
+        _elementwise(f"L{i}.attn_residual", OpKind.RESIDUAL, i, t, h, 2),
+        _elementwise(f"L{i}.ffn_norm", OpKind.NORM, i, t, h, 1, params=h, sc=sc),
+        _matmul(f"L{i}.gate_up_proj", i, t, (2 if spec.gated_ffn else 1) * ffn, h, sc, "column"),
+        # silu(gate) * up reads [t, 2*ffn] and writes [t, ffn]; plain gelu reads [t, ffn]
+        replace(
+            _elementwise(f"L{i}.act", OpKind.ACTIVATION, i, t, ffn, 2 if spec.gated_ffn else 1),
+            tp_role="column",
+        ),
+        _matmul(f"L{i}.down_proj", i, t, h, ffn, sc, "row"),
+        _elementwise(f"L{i}.ffn_residual", OpKind.RESIDUAL, i, t, h, 2),
+    ]
+    prev = x_in
+    for op in ops:
+        g.add_node(op.id, op=op)
+        if prev is not None:
+            g.add_edge(prev, op.id)
+        prev = op.id
+    # residual adds also read the layer's (or the attention block's) input
+    if x_in is not None:
+        g.add_edge(x_in, f"L{i}.attn_residual")
+    g.add_edge(f"L{i}.attn_residual", f"L{i}.ffn_residual")
+    return prev
+
+
+def build_graph(spec: ModelSpec, sc: Scenario, layers: int | None = None) -> nx.DiGraph:
+    """The step's op graph. ``layers=None``: the whole model (embedding, all decoder layers,
+    final norm, lm_head). ``layers=N``: only the first N decoder layers."""
+    if spec.moe is not None or spec.mla is not None:
+        what = "mixture-of-experts" if spec.moe is not None else "MLA attention"
+        raise ModelError(
+            f"model {spec.name!r} uses {what}, which archsim parses but cannot "
+            "simulate yet (dense GQA/MHA models only)"
+        )
+    if layers is not None and not 0 < layers <= spec.num_layers:
+        raise ModelError(
+            f"layers must be between 1 and {spec.num_layers} for {spec.name}, got {layers}"
+        )
+    g = nx.DiGraph(model=spec, scenario=sc, whole_model=layers is None)
+    n_layers = spec.num_layers if layers is None else layers
+    h, v = spec.hidden_size, spec.vocab_size
+    prev: str | None = None
+    if layers is None:
+        p = sc.precision
+        embed = Op(
+            id="embed",
+            kind=OpKind.EMBEDDING,
+            layer=-1,
+            shape={"m": sc.tokens, "n": h, "vocab": v},
+            params=v * h,
+            weight_bytes=min(sc.tokens, v) * h * p.weight_bytes,  # gathered rows only
+            act_out_bytes=sc.tokens * h * ELEM_BYTES,
+            weight_dtype=p.weights,
+            tp_role="vocab",
+        )
+        g.add_node(embed.id, op=embed)
+        prev = embed.id
+    for i in range(n_layers):
+        prev = _decoder_layer(g, i, prev, spec, sc)
+    if layers is None:
+        # logits only for the last position of each sequence, as serving engines compute
+        tail = [
+            _elementwise("final_norm", OpKind.NORM, n_layers, sc.tokens, h, 1, params=h, sc=sc),
+            _matmul("lm_head", n_layers, sc.batch, v, h, sc, "column"),
+        ]
+        if spec.tie_embeddings:
+            tail[1] = replace(tail[1], params=0)  # shares the embedding table
+        for op in tail:
+            g.add_node(op.id, op=op)
+            g.add_edge(prev, op.id)
+            prev = op.id
+    return g
+
+
+def ops_in_order(g: nx.DiGraph) -> list[Op]:
+    """Ops in a deterministic topological order (insertion order breaks ties)."""
+    order = {n: i for i, n in enumerate(g.nodes)}
+    return [g.nodes[n]["op"] for n in nx.lexicographical_topological_sort(g, key=order.get)]

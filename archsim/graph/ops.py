@@ -1,0 +1,61 @@
+"""Op: one node of the layer graph, with its shapes, FLOPs and bytes per operand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class OpKind(StrEnum):
+    EMBEDDING = "embedding"  # row gather from the token table
+    MATMUL = "matmul"  # [m, k] @ [k, n] with a weight operand
+    ATTENTION = "attention"  # softmax(Q K^T) V over the KV cache
+    NORM = "norm"  # RMSNorm over rows of width n
+    ROPE = "rope"  # rotary embedding on q and k
+    ACTIVATION = "activation"  # silu(gate) * up, or gelu
+    RESIDUAL = "residual"  # x + f(x)
+    ALL_REDUCE = "all_reduce"  # tensor-parallel sum across the chips of a stage
+    SEND_RECV = "send_recv"  # activations to the next pipeline stage
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation for the whole batch of the step.
+
+    Shapes follow the op kind: matmul ``m x k @ k x n``; elementwise ops ``m`` rows of ``n``;
+    attention has ``batch, heads, kv_heads, head_dim, q_len, kv_len, causal`` in ``shape``.
+    Bytes are what the op must read/write at least once (its compulsory traffic); a cycle
+    model adds the re-reads its tiling causes.
+    """
+
+    id: str
+    kind: OpKind
+    layer: int  # decoder layer, -1 before the first (embedding), num_layers after (lm_head)
+    shape: dict[str, int] = field(default_factory=dict)
+    flops: float = 0.0
+    params: int = 0  # parameters this op owns (stored once per chip that holds the op)
+    weight_bytes: float = 0.0  # weight bytes read per step
+    act_in_bytes: float = 0.0  # activation bytes read
+    act_out_bytes: float = 0.0  # activation bytes written
+    kv_read_bytes: float = 0.0  # KV-cache bytes read
+    kv_write_bytes: float = 0.0  # KV-cache bytes appended
+    link_bytes: float = 0.0  # bytes each chip sends (communication ops)
+    weight_dtype: str = "bf16"
+    act_dtype: str = "bf16"
+    tp_role: str = "replicated"  # how tensor parallelism splits it: column|row|heads|vocab|...
+    stage: int = 0  # pipeline stage after partitioning
+    group: int = 1  # chips that run this op together (tensor-parallel degree)
+
+    @property
+    def mem_bytes(self) -> float:
+        """All compulsory memory traffic of the op."""
+        return (
+            self.weight_bytes
+            + self.act_in_bytes
+            + self.act_out_bytes
+            + self.kv_read_bytes
+            + self.kv_write_bytes
+        )
+
+    def dim(self, key: str) -> int:
+        return int(self.shape.get(key, 0))

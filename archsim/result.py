@@ -1,0 +1,82 @@
+"""Result: what one simulated step reports, as a table, a dict/JSON and an HDF5 trace."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@cache
+def git_revision() -> str:
+    """The archsim source revision, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+@dataclass
+class Result:
+    """One step of one model on one machine. Byte and FLOP totals cover all chips."""
+
+    arch: str
+    family: str
+    model: str
+    phase: str
+    batch: int
+    seq: int
+    ctx: int
+    precision: str
+    layers: str  # "all" or the number of decoder layers simulated
+    chips: int
+    tp: int
+    pp: int
+    cycles: int
+    clock_hz: float
+    seconds: float
+    tokens_per_s: float  # whole system
+    tokens_per_s_per_user: float
+    ttft_s: float | None
+    tpot_s: float | None
+    flops: float
+    weight_bytes: float  # resident weights, all chips
+    kv_bytes: float  # resident KV cache, all chips
+    bytes_by_tier: dict[str, float]  # moved this step, all chips
+    bandwidth_by_tier: dict[str, float]  # achieved per chip, B/s
+    utilization: dict[str, float]
+    bound: str  # what limits the step: compute | memory | communication | overhead
+    time_by_bound: dict[str, float]  # seconds of the critical stream in each class
+    time_by_op_kind: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    # not serialised: the stream and timeline, for traces
+    stream: Any = field(default=None, repr=False)
+    timeline: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("stream", "timeline")}
+        return _plain(out)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x

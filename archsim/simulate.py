@@ -1,0 +1,185 @@
+"""simulate(): the whole pipeline, model + arch + scenario -> Result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from archsim._version import __version__
+from archsim.arch import get_family
+from archsim.config.arch import load_arch, parse_overrides
+from archsim.engine import simulate_stream
+from archsim.errors import ScenarioError
+from archsim.graph.build import build_graph
+from archsim.model import ModelSpec, load_model
+from archsim.result import Result, git_revision
+from archsim.scenario import Precision, Scenario
+
+BOUNDS = ("compute", "memory", "communication", "overhead")
+# an instruction is overhead-bound when its ideal (roofline) time is under this share of it
+OVERHEAD_SHARE = 0.5
+
+
+def _chips_arg(chips: int | str | None) -> int | None:
+    if chips is None or (isinstance(chips, str) and chips.strip().lower() == "auto"):
+        return None
+    try:
+        value = int(chips)
+    except (TypeError, ValueError):
+        raise ScenarioError(f"chips must be a positive integer or 'auto', got {chips!r}") from None
+    if value <= 0:
+        raise ScenarioError(f"chips must be a positive integer or 'auto', got {chips!r}")
+    return value
+
+
+def classify(stream, duration: np.ndarray, peak: dict[str, float], clock_hz: float):
+    """Per instruction: (ideal compute, memory, link seconds) and its bound class index."""
+    t_c = stream.flops / peak["flops_per_s"]
+    t_m = stream.offchip_bytes / peak["offchip_bytes_per_s"]
+    if "onchip_bytes_per_s" in peak:
+        t_m = np.maximum(t_m, stream.onchip_bytes / peak["onchip_bytes_per_s"])
+    t_l = stream.link_bytes / peak["link_bytes_per_s"]
+    ideal = np.stack([t_c, t_m, t_l])
+    cls = np.argmax(ideal, axis=0)
+    secs = duration / clock_hz
+    cls = np.where(ideal.max(axis=0) < OVERHEAD_SHARE * secs, 3, cls)
+    return ideal, cls
+
+
+def simulate(
+    arch: str,
+    model: str | ModelSpec,
+    phase: str = "decode",
+    batch: int = 1,
+    ctx: int = 2048,
+    seq: int = 2048,
+    layers: int | None = None,
+    precision: str | Precision = "bf16",
+    chips: int | str | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> Result:
+    """Simulate one step. ``layers=None``: whole model; ``layers=N``: N decoder layers only.
+    ``chips=None`` or ``"auto"``: the fewest chips that hold the model."""
+    params = load_arch(arch, parse_overrides(overrides))
+    spec = model if isinstance(model, ModelSpec) else load_model(model)
+    prec = precision if isinstance(precision, Precision) else Precision.parse(precision)
+    sc = Scenario(phase=phase, batch=batch, seq=seq, ctx=ctx, precision=prec)
+    family = get_family(params.family)
+
+    g = build_graph(spec, sc, layers)
+    plan = family.plan(g, params, _chips_arg(chips))
+    pg = family.partition(g, plan)
+    stream = family.lower(pg, plan, params, sc)
+    duration = family.durations(stream, params)
+    tl = simulate_stream(stream, duration, strict_static=family.strict_static)
+
+    clock = family.clock_hz(params)
+    seconds = family.step_seconds(tl, plan, params, sc)
+    extra = family.summarize(stream, tl, plan, params, sc)
+    return _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra)
+
+
+def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra):
+    tokens = sc.tokens
+    ranks = plan.tp * plan.dp  # chips that mirror each simulated one
+    per_stream_tokens = extra.pop("tokens_in_flight", tokens)
+    tps = per_stream_tokens / seconds
+    user_tps = sc.new_tokens_per_seq / seconds if sc.phase == "prefill" else 1.0 / seconds
+
+    tier_bytes = {name: float(stream.cols[col].sum()) * ranks for col, name in family.tiers.items()}
+    bw = {name: b / ranks / plan.pp / seconds for name, b in tier_bytes.items()}
+    peak = family.peak(params, sc.precision.weights)
+    ideal, cls = classify(stream, tl.duration, peak, clock)
+    critical = _critical_path(stream, tl)
+    secs = tl.duration / clock
+    time_by_bound = {b: float(secs[critical & (cls == i)].sum()) for i, b in enumerate(BOUNDS)}
+    bound = max(time_by_bound, key=time_by_bound.get)
+    by_kind: dict[str, float] = {}
+    op_kind = extra.pop("op_kind_of_op", None)
+    for i in np.nonzero(critical)[0]:
+        name = stream.op_names[stream.op[i]]
+        kind = op_kind[name] if op_kind else name.rsplit(".", 1)[-1]
+        by_kind[kind] = by_kind.get(kind, 0.0) + float(secs[i])
+
+    flops = float(stream.flops.sum()) * ranks
+    busy = {u: float(b) / max(tl.cycles, 1) for u, b in zip(tl.unit_names, tl.busy, strict=True)}
+    util = {
+        "compute": flops / (peak["flops_per_s"] * seconds * plan.chips),
+        "offchip_bw": bw[family.tiers["offchip_bytes"]] / peak["offchip_bytes_per_s"]
+        if peak["offchip_bytes_per_s"]
+        else 0.0,
+        "units": busy,
+    }
+    need = plan.need
+    return Result(
+        arch=arch,
+        family=family.name,
+        model=spec.name,
+        phase=sc.phase,
+        batch=sc.batch,
+        seq=sc.seq,
+        ctx=sc.ctx,
+        precision=sc.precision.label,
+        layers="all" if layers is None else str(layers),
+        chips=plan.chips,
+        tp=plan.tp,
+        pp=plan.pp,
+        cycles=tl.cycles,
+        clock_hz=clock,
+        seconds=seconds,
+        tokens_per_s=tps,
+        tokens_per_s_per_user=user_tps,
+        ttft_s=seconds if sc.phase == "prefill" else None,
+        tpot_s=seconds if sc.phase == "decode" else None,
+        flops=flops,
+        weight_bytes=need.weight_bytes,
+        kv_bytes=need.kv_bytes,
+        bytes_by_tier=tier_bytes,
+        bandwidth_by_tier=bw,
+        utilization=util,
+        bound=bound,
+        time_by_bound=time_by_bound,
+        time_by_op_kind=by_kind,
+        extra=extra,
+        meta={
+            "archsim_version": __version__,
+            "git_revision": git_revision(),
+            "arch_digest": params.digest(),
+            "model_digest": spec.digest(),
+            "arch_config": params.model_dump(mode="json"),
+            "model_spec": spec.to_dict(),
+            "scenario": sc.to_dict(),
+            "plan": plan.to_dict(),
+        },
+        stream=stream,
+        timeline=tl,
+    )
+
+
+def _critical_path(stream, tl) -> np.ndarray:
+    """Instructions on the longest dependency/unit chain ending at the last finisher."""
+    n = len(stream)
+    on = np.zeros(n, dtype=bool)
+    if n == 0:
+        return on
+    unit_prev = np.full(n, -1)
+    last_on_unit: dict[int, int] = {}
+    for i in range(n):
+        u = int(stream.unit[i])
+        unit_prev[i] = last_on_unit.get(u, -1)
+        last_on_unit[u] = i
+    i = int(np.argmax(tl.end))
+    while i >= 0:
+        on[i] = True
+        start = tl.start[i]
+        nxt = -1
+        cands = list(stream.dep_idx[stream.dep_ptr[i] : stream.dep_ptr[i + 1]])
+        if unit_prev[i] >= 0:
+            cands.append(unit_prev[i])
+        for j in cands:
+            if tl.end[j] == start:
+                nxt = int(j)
+                break
+        i = nxt
+    return on
