@@ -43,7 +43,9 @@ def classify(stream, duration: np.ndarray, peak: dict[str, float], clock_hz: flo
     ideal = np.stack([t_c, t_m, t_l])
     cls = np.argmax(ideal, axis=0)
     secs = duration / clock_hz
-    cls = np.where(ideal.max(axis=0) < OVERHEAD_SHARE * secs, 3, cls)
+    latency_bound = ideal.max(axis=0) < OVERHEAD_SHARE * secs
+    # a latency-bound transfer is still communication; anything else is fixed overhead
+    cls = np.where(latency_bound, np.where(stream.link_bytes > 0, 2, 3), cls)
     return ideal, cls
 
 

@@ -57,7 +57,8 @@ class GpuFamily(Family):
     # ---- lowering --------------------------------------------------------------------------
     def lower(self, g: nx.DiGraph, plan: Plan, p: GpuParams, sc: Scenario) -> InstructionStream:
         b = StreamBuilder(self.opcodes)
-        b.meta.update(family=self.name, cuda_graphs=str(p.kernel.cuda_graphs))
+        graphs = self.cuda_graphs(p, sc)
+        b.meta.update(family=self.name, cuda_graphs=str(graphs))
         last_kernel: dict[int, int] = {}
         last_launch: dict[int, int] = {}
         out_of: dict[str, int] = {}  # op id -> index of its last instruction
@@ -66,7 +67,7 @@ class GpuFamily(Family):
         def emit(op: Op, opcode: str, unit: str = "sm", **kw: Any) -> int:
             s = op.stage
             deps = [last_kernel.get(s, -1)] + [out_of[x] for x in g.predecessors(op.id)]
-            if not p.kernel.cuda_graphs:
+            if not graphs:
                 launch = b.add(
                     "launch",
                     unit=f"gpu{s}.host",
@@ -86,6 +87,10 @@ class GpuFamily(Family):
         for op in ops_in_order(g):
             out_of[op.id] = self._lower_op(op, emit, plan, p, sc, domain)
         return b.build()
+
+    @staticmethod
+    def cuda_graphs(p: GpuParams, sc: Scenario) -> bool:
+        return p.kernel.decode_cuda_graphs if sc.phase == "decode" else p.kernel.prefill_cuda_graphs
 
     def _lower_op(self, op: Op, emit, plan: Plan, p: GpuParams, sc: Scenario, domain: int) -> int:
         kind = op.kind
@@ -251,4 +256,4 @@ class GpuFamily(Family):
         self, stream: InstructionStream, tl: Timeline, plan: Plan, p: GpuParams, sc: Scenario
     ) -> dict[str, Any]:
         kernels = int(np.sum(stream.opcode != self.opcodes.index("launch")))
-        return {"kernels_per_gpu": kernels, "cuda_graphs": p.kernel.cuda_graphs}
+        return {"kernels_per_gpu": kernels, "cuda_graphs": self.cuda_graphs(p, sc)}

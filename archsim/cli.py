@@ -1,0 +1,293 @@
+"""archsim command line. Results go to stdout, progress and errors to stderr.
+
+Bad input ends with one line ``archsim: error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from archsim._version import __version__
+from archsim.errors import ArchsimError
+
+DEFAULT_ARCH = "h100-like"
+DEFAULT_MODEL = "llama3-70b"
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"archsim: error: {msg}", err=True)
+    sys.exit(2)
+
+
+def _layers(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ArchsimError(f"--layers must be 'all' or a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise ArchsimError(f"--layers must be 'all' or a positive integer, got {value!r}")
+    return n
+
+
+def scenario_options(f):
+    """Options shared by run and compare."""
+    opts = [
+        click.option(
+            "--model",
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help="model name, alias, workloads YAML or Hugging Face config.json",
+        ),
+        click.option(
+            "--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True
+        ),
+        click.option(
+            "--batch", type=int, default=1, show_default=True, help="sequences in the step"
+        ),
+        click.option(
+            "--ctx",
+            type=int,
+            default=2048,
+            show_default=True,
+            help="decode: cached tokens each sequence attends over",
+        ),
+        click.option(
+            "--seq",
+            type=int,
+            default=2048,
+            show_default=True,
+            help="prefill: prompt tokens per sequence",
+        ),
+        click.option(
+            "--precision",
+            default="bf16",
+            show_default=True,
+            help="bf16 | fp8 | int8 | int4 | w=..,a=..,kv=..",
+        ),
+        click.option(
+            "--chips", default="auto", show_default=True, help="'auto' (fewest that fit) or a count"
+        ),
+        click.option(
+            "--layers",
+            default="all",
+            show_default=True,
+            help="'all' (whole model) or N decoder layers",
+        ),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="override an arch config key, e.g. --set memory.hbm_bw_bytes_per_s=4e12",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="print one JSON document"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+class _Group(click.Group):
+    """Turns every error into one line on stderr and exit status 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except ArchsimError as exc:
+            _fail(str(exc))
+        except click.exceptions.Abort:
+            _fail("aborted")
+        except click.ClickException as exc:
+            _fail(exc.format_message().replace("\n", " "))
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        if isinstance(rv, int):
+            sys.exit(rv)
+        return rv
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="archsim")
+def main() -> None:
+    """archsim: how many cycles, how much bandwidth and how many chips an LLM step takes."""
+
+
+@main.command()
+@click.option(
+    "--arch",
+    default=DEFAULT_ARCH,
+    show_default=True,
+    help="architecture preset or a YAML path (see `archsim list archs`)",
+)
+@scenario_options
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="write the timeline to this HDF5 file",
+)
+@click.option(
+    "--perfetto",
+    "perfetto_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="also write a Perfetto/Chrome JSON timeline",
+)
+def run(
+    arch,
+    model,
+    phase,
+    batch,
+    ctx,
+    seq,
+    precision,
+    chips,
+    layers,
+    overrides,
+    as_json,
+    trace_path,
+    perfetto_path,
+) -> None:
+    """Simulate one step of MODEL on ARCH."""
+    from archsim.report import result_table
+    from archsim.simulate import simulate
+
+    result = simulate(
+        arch,
+        model,
+        phase=phase,
+        batch=batch,
+        ctx=ctx,
+        seq=seq,
+        layers=_layers(layers),
+        precision=precision,
+        chips=chips,
+        overrides=list(overrides),
+    )
+    if trace_path or perfetto_path:
+        from archsim.trace import export_perfetto, read_trace, write_trace
+
+        path = write_trace(result, trace_path or f"{perfetto_path}.h5")
+        click.echo(f"trace written to {path}", err=True)
+        if perfetto_path:
+            export_perfetto(read_trace(path), perfetto_path)
+            click.echo(f"perfetto timeline written to {perfetto_path}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        result_table(result)
+
+
+@main.command()
+@click.option(
+    "--arch", "archs", default="all", show_default=True, help="comma-separated presets, or 'all'"
+)
+@scenario_options
+def compare(
+    archs, model, phase, batch, ctx, seq, precision, chips, layers, overrides, as_json
+) -> None:
+    """Run MODEL on several architectures side by side."""
+    from archsim.config import arch_names
+    from archsim.report import compare_table
+    from archsim.simulate import simulate
+
+    names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        click.echo(f"simulating {name} ...", err=True)
+        try:
+            r = simulate(
+                name,
+                model,
+                phase=phase,
+                batch=batch,
+                ctx=ctx,
+                seq=seq,
+                layers=_layers(layers),
+                precision=precision,
+                chips=chips,
+                overrides=list(overrides),
+            )
+            rows.append(r.to_dict())
+        except ArchsimError as exc:  # one machine's refusal does not stop the comparison
+            rows.append({"arch": name, "error": str(exc)})
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+    else:
+        compare_table(rows)
+
+
+@main.group(name="list", cls=click.Group)
+def list_() -> None:
+    """List shipped architectures or models."""
+
+
+@list_.command("archs")
+def list_archs() -> None:
+    from archsim.config.arch import arch_names
+    from archsim.config.yamlio import load_yaml
+    from archsim.paths import data_dir
+
+    for name in arch_names():
+        raw = load_yaml(data_dir("arch_configs") / f"{name}.yaml")
+        family = raw.get("family", "?")
+        base = f" (extends {raw['extends']})" if raw.get("extends") else ""
+        click.echo(f"{name:<16} {family:<14} {raw.get('description', '')}{base}")
+
+
+@list_.command("models")
+def list_models() -> None:
+    from archsim.model import ALIASES, load_model, model_names
+
+    for name in model_names():
+        spec = load_model(name)
+        aliases = ", ".join(sorted(a for a, t in ALIASES.items() if t == name))
+        kind = "moe" if spec.is_moe else "dense"
+        click.echo(
+            f"{name:<14} {kind:<6} {spec.num_layers:>4} layers  hidden {spec.hidden_size:>6}"
+            + (f"  aliases: {aliases}" if aliases else "")
+        )
+
+
+@main.group(cls=click.Group)
+def trace() -> None:
+    """Inspect or export an HDF5 trace written by `archsim run --trace`."""
+
+
+@trace.command("show")
+@click.argument("path", type=click.Path(dir_okay=False))
+def trace_show(path) -> None:
+    """Summarise a trace: what produced it and the busiest units."""
+    from archsim.report import trace_summary
+    from archsim.trace import read_trace
+
+    trace_summary(read_trace(path))
+
+
+@trace.command("export")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--perfetto",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Chrome/Perfetto JSON to write",
+)
+def trace_export(path, out) -> None:
+    """Convert a trace to Perfetto/Chrome JSON."""
+    from archsim.trace import export_perfetto, read_trace
+
+    export_perfetto(read_trace(path), out)
+    click.echo(f"perfetto timeline written to {out}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,127 @@
+"""Human-readable tables (rich) for results, comparisons and traces; printed to stdout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from archsim.result import Result
+
+
+def _si(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def _time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.2f} us"
+
+
+def result_table(r: Result) -> None:
+    console = Console()
+    t = Table(title=f"archsim {r.arch} · {r.model} · {r.phase}", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    rows = [
+        (
+            "scenario",
+            f"batch {r.batch}, "
+            + (f"prompt {r.seq}" if r.phase == "prefill" else f"context {r.ctx}")
+            + f", {r.precision}, layers {r.layers}",
+        ),
+        ("chips", f"{r.chips} (tensor {r.tp} x pipeline {r.pp})"),
+        ("step time", f"{_time(r.seconds)}  ({r.cycles:,} cycles at {_si(r.clock_hz, 'Hz')})"),
+        ("tokens/s (system)", f"{r.tokens_per_s:,.1f}"),
+        ("tokens/s (per user)", f"{r.tokens_per_s_per_user:,.1f}"),
+        (
+            "bound",
+            r.bound
+            + "  ("
+            + ", ".join(f"{k} {_time(v)}" for k, v in r.time_by_bound.items() if v > 0)
+            + ")",
+        ),
+        ("weights resident", _si(r.weight_bytes, "B")),
+        ("KV cache resident", _si(r.kv_bytes, "B")),
+        ("FLOPs", _si(r.flops, "FLOP")),
+    ]
+    rows += [
+        (f"{tier} traffic", f"{_si(b, 'B')}  ({_si(r.bandwidth_by_tier[tier], 'B/s')} per chip)")
+        for tier, b in r.bytes_by_tier.items()
+        if b > 0
+    ]
+    rows += [("compute utilisation", f"{100 * r.utilization['compute']:.1f} %")]
+    for key, value in r.extra.items():
+        if isinstance(value, int | float | str | bool):
+            rows.append(
+                (key.replace("_", " "), f"{value:,.4g}" if isinstance(value, float) else str(value))
+            )
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    kinds = sorted(r.time_by_op_kind.items(), key=lambda kv: -kv[1])
+    b = Table(title="time on the critical path by op")
+    b.add_column("op")
+    b.add_column("time", justify="right")
+    b.add_column("share", justify="right")
+    total = sum(v for _, v in kinds) or 1.0
+    for name, v in kinds:
+        b.add_row(name, _time(v), f"{100 * v / total:.1f} %")
+    console.print(b)
+
+
+def compare_table(rows: list[dict[str, Any]]) -> None:
+    t = Table(title="archsim compare")
+    for col in ("arch", "chips", "step time", "tokens/s", "tokens/s/user", "bound", "note"):
+        t.add_column(col)
+    for r in rows:
+        if "error" in r:
+            t.add_row(r["arch"], "-", "-", "-", "-", "-", r["error"])
+        else:
+            t.add_row(
+                r["arch"],
+                str(r["chips"]),
+                _time(r["seconds"]),
+                f"{r['tokens_per_s']:,.1f}",
+                f"{r['tokens_per_s_per_user']:,.1f}",
+                r["bound"],
+                "",
+            )
+    Console().print(t)
+
+
+def trace_summary(tr: dict[str, Any]) -> None:
+    a, s = tr["attrs"], tr["summary"]
+    console = Console()
+    console.print(
+        f"trace schema {a['schema_version']}, archsim {a['archsim_version']} ({a['git_revision']})"
+    )
+    console.print(
+        f"{a['arch']} ({a['family']}) · {a['model']} · {s['phase']} batch {s['batch']}"
+        f" · {len(tr['events']['start']):,} instructions · {s['cycles']:,} cycles "
+        f"= {_time(s['seconds'])}"
+    )
+    t = Table(title="units")
+    t.add_column("unit")
+    t.add_column("busy cycles", justify="right")
+    t.add_column("busy", justify="right")
+    total = max(int(s["cycles"]), 1)
+    order = sorted(range(len(tr["names"]["units"])), key=lambda u: -tr["busy_cycles"][u])
+    for u in order[:40]:
+        t.add_row(
+            tr["names"]["units"][u],
+            f"{int(tr['busy_cycles'][u]):,}",
+            f"{100 * tr['busy_cycles'][u] / total:.1f} %",
+        )
+    console.print(t)

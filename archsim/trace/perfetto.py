@@ -1,0 +1,59 @@
+"""Chrome / Perfetto JSON (the Trace Event Format): one track per unit, one slice per
+instruction, timestamps in microseconds. Open in https://ui.perfetto.dev."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from archsim.errors import ArchsimError
+
+
+def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
+    ev, names, attrs = trace["events"], trace["names"], trace["attrs"]
+    us_per_cycle = 1e6 / float(attrs["clock_hz"])
+    units = names["units"]
+    events: list[dict[str, Any]] = []
+    for u, unit in enumerate(units):
+        chip, _, lane = unit.partition(".")
+        events.append(
+            {
+                "ph": "M",
+                "name": "thread_name",
+                "pid": chip,
+                "tid": u,
+                "args": {"name": lane or unit},
+            }
+        )
+    for i in range(len(ev["start"])):
+        u = int(ev["unit"][i])
+        events.append(
+            {
+                "ph": "X",
+                "pid": units[u].partition(".")[0],
+                "tid": u,
+                "name": f"{names['ops'][int(ev['op'][i])]}:{names['opcodes'][int(ev['opcode'][i])]}",
+                "ts": float(ev["start"][i]) * us_per_cycle,
+                "dur": float(ev["end"][i] - ev["start"][i]) * us_per_cycle,
+                "args": {
+                    "layer": int(ev["layer"][i]),
+                    "offchip_bytes": float(ev["offchip_bytes"][i]),
+                    "flops": float(ev["flops"][i]),
+                },
+            }
+        )
+    out = Path(out)
+    try:
+        out.write_text(
+            json.dumps(
+                {
+                    "traceEvents": events,
+                    "displayTimeUnit": "ns",
+                    "otherData": {"arch": attrs.get("arch"), "model": attrs.get("model")},
+                }
+            )
+        )
+    except OSError as exc:
+        raise ArchsimError(f"cannot write {out}: {exc}") from None
+    return out
