@@ -44,8 +44,12 @@ class GpuMemory(Section):
 
 
 class GpuKernel(Section):
-    cuda_graphs: bool = field(
+    decode_cuda_graphs: bool = field(
         "decode steps are replayed as CUDA graphs (no host launch cost)", gt=None
+    )
+    prefill_cuda_graphs: bool = field(
+        "prefill steps are replayed as CUDA graphs (else launched eagerly from the host)",
+        gt=None,
     )
     graph_launch_gap_s: float = field(
         "GPU-side gap per kernel inside a CUDA graph (tiny kernel back to back)", unit="s"

@@ -141,7 +141,9 @@ def _one_line(exc: ValidationError, name: str) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"arch config {name!r}: {loc}: {err['msg']} (got {err.get('input')!r}){more}"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"arch config {name!r}: {loc}: {err['msg']}{shown}{more}"
 
 
 def load_arch(name: str, overrides: dict[str, Any] | None = None) -> ArchParams:
