@@ -5,7 +5,7 @@ from archsim._version import __version__
 
 def simulate(*args, **kwargs):
     """Simulate one step; see :func:`archsim.simulate.simulate`."""
-    from archsim.simulate import simulate as _simulate
+    from archsim.pipeline import simulate as _simulate
 
     return _simulate(*args, **kwargs)
 

@@ -158,7 +158,7 @@ def run(
 ) -> None:
     """Simulate one step of MODEL on ARCH."""
     from archsim.report import result_table
-    from archsim.simulate import simulate
+    from archsim.pipeline import simulate
 
     result = simulate(
         arch,
@@ -197,7 +197,7 @@ def compare(
     """Run MODEL on several architectures side by side."""
     from archsim.config import arch_names
     from archsim.report import compare_table
-    from archsim.simulate import simulate
+    from archsim.pipeline import simulate
 
     names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
     rows: list[dict[str, Any]] = []
