@@ -157,8 +157,8 @@ def run(
     perfetto_path,
 ) -> None:
     """Simulate one step of MODEL on ARCH."""
-    from archsim.report import result_table
     from archsim.pipeline import simulate
+    from archsim.report import result_table
 
     result = simulate(
         arch,
@@ -196,8 +196,8 @@ def compare(
 ) -> None:
     """Run MODEL on several architectures side by side."""
     from archsim.config import arch_names
-    from archsim.report import compare_table
     from archsim.pipeline import simulate
+    from archsim.report import compare_table
 
     names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
     rows: list[dict[str, Any]] = []

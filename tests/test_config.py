@@ -32,14 +32,17 @@ def test_override_changes_value():
     assert p.digest() != base.digest()
 
 
-@pytest.mark.parametrize("item, message", [
-    ("no.such.key=1", "unknown config key 'no.such.key'"),
-    ("chip=1", "is a section"),
-    ("chip.sms.x=1", "is a value"),
-    ("chip.sms=-4", "greater than 0"),
-    ("chip.sms", "key=value"),
-    ("family=x", "unknown config key"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("no.such.key=1", "unknown config key 'no.such.key'"),
+        ("chip=1", "is a section"),
+        ("chip.sms.x=1", "is a value"),
+        ("chip.sms=-4", "greater than 0"),
+        ("chip.sms", "key=value"),
+        ("family=x", "unknown config key"),
+    ],
+)
 def test_bad_overrides(item, message):
     """Unknown keys, sections, and out-of-range values are one-line ConfigErrors."""
     with pytest.raises(ConfigError, match=message) as exc:

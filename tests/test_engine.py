@@ -91,7 +91,13 @@ def test_disable_jit_gives_identical_cycles():
     runs = []
     for flag in ("0", "1"):
         env = {**os.environ, "NUMBA_DISABLE_JIT": flag}
-        out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
-                             text=True, check=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", _SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
         runs.append(json.loads(out.stdout))
     assert runs[0] == runs[1]

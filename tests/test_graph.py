@@ -6,8 +6,14 @@ import networkx as nx
 import pytest
 
 from archsim.errors import ModelError
-from archsim.graph import (OpKind, build_graph, graph_totals, kv_bytes_per_token,
-                           ops_in_order, param_count)
+from archsim.graph import (
+    OpKind,
+    build_graph,
+    graph_totals,
+    kv_bytes_per_token,
+    ops_in_order,
+    param_count,
+)
 from archsim.model import load_model
 from archsim.scenario import Precision, Scenario
 
@@ -72,8 +78,10 @@ def test_prefill_attention_is_causal():
 def test_precision_scales_weight_bytes():
     """int8 weights are half of bf16; int4 a quarter."""
     spec = load_model("llama3-8b")
-    w = {p: graph_totals(build_graph(spec, Scenario(precision=Precision.parse(p)))).weight_bytes
-         for p in ("bf16", "int8", "int4")}
+    w = {
+        p: graph_totals(build_graph(spec, Scenario(precision=Precision.parse(p)))).weight_bytes
+        for p in ("bf16", "int8", "int4")
+    }
     assert w["int8"] == pytest.approx(w["bf16"] / 2)
     assert w["int4"] == pytest.approx(w["bf16"] / 4)
 

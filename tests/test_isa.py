@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from archsim.isa import COLUMNS, InstructionStream, StreamBuilder
+from archsim.isa import COLUMNS, InstructionStream
 
 
 def test_builder_csr_dependencies(builder):
@@ -32,9 +32,24 @@ def test_forward_dependency_rejected(builder):
 def test_text_round_trip(builder):
     """dumps -> loads reproduces every column, name table and dependency exactly."""
     builder.meta["family"] = "toy"
-    builder.add("work", unit="c0.mxm", op="L0.q", chip=0, m=3, n=5, k=7, g=2, h=4, aux=9,
-                offchip_bytes=1.5e9, onchip_bytes=0.1, link_bytes=3.0, flops=1e12 / 3,
-                issue=10, layer=0)
+    builder.add(
+        "work",
+        unit="c0.mxm",
+        op="L0.q",
+        chip=0,
+        m=3,
+        n=5,
+        k=7,
+        g=2,
+        h=4,
+        aux=9,
+        offchip_bytes=1.5e9,
+        onchip_bytes=0.1,
+        link_bytes=3.0,
+        flops=1e12 / 3,
+        issue=10,
+        layer=0,
+    )
     builder.add("move", unit="c1.c2c", op="L0.send", chip=1, deps=[0], issue=20, layer=0)
     s = builder.build()
     back = InstructionStream.loads(s.dumps(), ["work", "move"])

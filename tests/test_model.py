@@ -13,8 +13,14 @@ from archsim.model import load_model, model_names
 def test_shipped_models_load():
     """Every shipped workload parses and validates, including the MoE and MLA fields."""
     names = model_names()
-    for required in ("llama3-8b", "llama3-70b", "llama3-405b", "llama2-70b", "mixtral-8x7b",
-                     "deepseek-v3"):
+    for required in (
+        "llama3-8b",
+        "llama3-70b",
+        "llama3-405b",
+        "llama2-70b",
+        "mixtral-8x7b",
+        "deepseek-v3",
+    ):
         assert required in names
     for name in names:
         assert load_model(name).name == name
@@ -43,40 +49,65 @@ def test_unknown_model_lists_valid_names():
 
 def test_hf_config_json(tmp_path):
     """A Hugging Face config.json maps onto the same spec as the shipped YAML."""
-    cfg = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
-           "hidden_act": "silu", "tie_word_embeddings": False, "max_position_embeddings": 131072}
+    cfg = {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 131072,
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     spec = load_model(str(path))
     ref = load_model("llama3-8b")
-    for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                "intermediate_size", "vocab_size", "attention"):
+    for key in (
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "attention",
+    ):
         assert getattr(spec, key) == getattr(ref, key), key
 
 
 def test_hf_config_moe(tmp_path):
     """An HF Mixtral config yields an MoE spec (num_local_experts, num_experts_per_tok)."""
-    cfg = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000,
-           "num_local_experts": 8, "num_experts_per_tok": 2}
+    cfg = {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 32000,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     assert load_model(str(path)).moe.num_experts == 8
 
 
-@pytest.mark.parametrize("patch, message", [
-    ({"num_kv_heads": 7}, "not a multiple"),
-    ({"hidden_size": -1}, "positive integer"),
-    ({"activation": "relu6"}, "activation"),
-    ({"bogus_key": 1}, "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"num_kv_heads": 7}, "not a multiple"),
+        ({"hidden_size": -1}, "positive integer"),
+        ({"activation": "relu6"}, "activation"),
+        ({"bogus_key": 1}, "unknown keys"),
+    ],
+)
 def test_bad_model_yaml(tmp_path, patch, message):
     """Inconsistent or unknown fields in a model YAML are rejected with a clear message."""
     import yaml
 
-    base = yaml.safe_load(open(load_model.__globals__["data_dir"]("workloads")
-                               / "llama3-8b.yaml"))
+    base = yaml.safe_load(open(load_model.__globals__["data_dir"]("workloads") / "llama3-8b.yaml"))
     base.update(patch)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(base))
