@@ -13,7 +13,7 @@ from archsim.errors import ArchsimError
 def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
     ev, names, attrs = trace["events"], trace["names"], trace["attrs"]
     us_per_cycle = 1e6 / float(attrs["clock_hz"])
-    units = names["units"]
+    units, op_names, opcodes = names["units"], names["ops"], names["opcodes"]
     events: list[dict[str, Any]] = []
     for u, unit in enumerate(units):
         chip, _, lane = unit.partition(".")
@@ -33,7 +33,7 @@ def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
                 "ph": "X",
                 "pid": units[u].partition(".")[0],
                 "tid": u,
-                "name": f"{names['ops'][int(ev['op'][i])]}:{names['opcodes'][int(ev['opcode'][i])]}",
+                "name": f"{op_names[int(ev['op'][i])]}:{opcodes[int(ev['opcode'][i])]}",
                 "ts": float(ev["start"][i]) * us_per_cycle,
                 "dur": float(ev["end"][i] - ev["start"][i]) * us_per_cycle,
                 "args": {
