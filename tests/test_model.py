@@ -107,7 +107,9 @@ def test_bad_model_yaml(tmp_path, patch, message):
     """Inconsistent or unknown fields in a model YAML are rejected with a clear message."""
     import yaml
 
-    base = yaml.safe_load(open(load_model.__globals__["data_dir"]("workloads") / "llama3-8b.yaml"))
+    from archsim.paths import data_dir
+
+    base = yaml.safe_load((data_dir("workloads") / "llama3-8b.yaml").read_text())
     base.update(patch)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(base))
