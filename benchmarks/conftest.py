@@ -1,0 +1,1 @@
+"""Benchmarks run with `pytest benchmarks/` (pytest-benchmark); not part of `pytest`."""

@@ -1,0 +1,62 @@
+"""Speed of the pipeline on h100-like: lowering (Python: graph, partition, lower) and the
+cycle model (numba: kernel durations + event engine) timed apart.
+
+Target (issue 2): once JIT-compiled, a whole llama3-70b decode step simulates in well under
+a second. Run: pytest benchmarks/ --benchmark-columns=min,mean,max
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from archsim.arch import get_family
+from archsim.config import load_arch
+from archsim.engine import simulate_stream
+from archsim.graph import build_graph
+from archsim.model import load_model
+from archsim.scenario import Scenario
+
+CASES = {
+    "llama3-70b-decode-b1": dict(phase="decode", batch=1, ctx=2048),
+    "llama3-70b-prefill-8192": dict(phase="prefill", batch=1, seq=8192),
+}
+
+
+def _lower(case):
+    p = load_arch("h100-like")
+    fam = get_family(p.family)
+    g = build_graph(load_model("llama3-70b"), Scenario(**CASES[case]))
+    plan = fam.plan(g, p, None)
+    return fam, p, fam.lower(fam.partition(g, plan), plan, p, g.graph["scenario"])
+
+
+def _cycle_model(fam, p, stream):
+    return simulate_stream(stream, fam.durations(stream, p)).cycles
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lowering(benchmark, case):
+    """Model spec -> graph -> partition -> instruction stream."""
+    benchmark.group = case
+    fam, _, stream = benchmark(_lower, case)
+    assert len(stream) > 0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cycle_model(benchmark, case):
+    """Kernel durations (numba) + event engine (numba) on the lowered stream."""
+    benchmark.group = case
+    fam, p, stream = _lower(case)
+    _cycle_model(fam, p, stream)  # compile outside the timed region
+    assert benchmark(_cycle_model, fam, p, stream) > 0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_end_to_end(benchmark, case):
+    """archsim.simulate as a user calls it."""
+    import archsim
+
+    benchmark.group = case
+    archsim.simulate("h100-like", "llama3-70b", **CASES[case])
+    r = benchmark(archsim.simulate, "h100-like", "llama3-70b", **CASES[case])
+    assert r.seconds > 0
