@@ -289,5 +289,69 @@ def trace_export(path, out) -> None:
     click.echo(f"perfetto timeline written to {out}", err=True)
 
 
+@main.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--arch", default=None, help="preset(s), comma-separated")
+@click.option("--model", default=None, help="model(s), comma-separated")
+@click.option("--phase", default=None, help="decode and/or prefill, comma-separated")
+@click.option("--batch", default=None, help="e.g. 1,8,64")
+@click.option("--ctx", default=None, help="e.g. 512,2048,8192")
+@click.option("--seq", default=None, help="e.g. 512,2048")
+@click.option("--precision", default=None, help="e.g. bf16,fp8")
+@click.option("--chips", default=None, help="auto or counts, e.g. 2,4,8")
+@click.option("--layers", default=None, help="all or counts")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="config key and the values to sweep, e.g. memory.hbm_bw_bytes_per_s=3e12,4e12",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="results table (.csv or .jsonl); rows are appended, a rerun resumes",
+)
+@click.option("--workers", type=int, default=1, show_default=True, help="processes")
+def sweep(
+    spec, arch, model, phase, batch, ctx, seq, precision, chips, layers, overrides, out, workers
+) -> None:
+    """Simulate every combination of the listed values (from SPEC.yaml and/or options)."""
+    from archsim.sweep import expand_grid, load_spec, run_sweep
+
+    axes, over = load_spec(spec) if spec else ({}, {})
+    cli_axes = {
+        "arch": arch,
+        "model": model,
+        "phase": phase,
+        "batch": batch,
+        "ctx": ctx,
+        "seq": seq,
+        "precision": precision,
+        "chips": chips,
+        "layers": layers,
+    }
+    axes.update({k: v for k, v in cli_axes.items() if v is not None})
+    over.update(
+        {k: str(v) if not isinstance(v, list) else v for k, v in _raw_overrides(overrides).items()}
+    )
+    if workers < 1:
+        raise ArchsimError(f"--workers must be at least 1, got {workers}")
+    counts = run_sweep(expand_grid(axes, over), out, workers=workers)
+    click.echo(json.dumps(counts), err=True)
+
+
+def _raw_overrides(items) -> dict[str, str]:
+    """KEY=V1,V2 strings kept as text (expand_grid splits and parses the values)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ArchsimError(f"--set expects key=value[,value...], got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
