@@ -33,13 +33,18 @@ def _chips_arg(chips: int | str | None) -> int | None:
     return value
 
 
+def _seconds(amount: np.ndarray, rate: float) -> np.ndarray:
+    """amount / rate; 0 where the machine has no such resource (rate 0, e.g. no DRAM)."""
+    return amount / rate if rate > 0 else np.zeros_like(amount, dtype=np.float64)
+
+
 def classify(stream, duration: np.ndarray, peak: dict[str, float], clock_hz: float):
     """Per instruction: (ideal compute, memory, link seconds) and its bound class index."""
-    t_c = stream.flops / peak["flops_per_s"]
-    t_m = stream.offchip_bytes / peak["offchip_bytes_per_s"]
+    t_c = _seconds(stream.flops, peak["flops_per_s"])
+    t_m = _seconds(stream.offchip_bytes, peak["offchip_bytes_per_s"])
     if "onchip_bytes_per_s" in peak:
-        t_m = np.maximum(t_m, stream.onchip_bytes / peak["onchip_bytes_per_s"])
-    t_l = stream.link_bytes / peak["link_bytes_per_s"]
+        t_m = np.maximum(t_m, _seconds(stream.onchip_bytes, peak["onchip_bytes_per_s"]))
+    t_l = _seconds(stream.link_bytes, peak["link_bytes_per_s"])
     ideal = np.stack([t_c, t_m, t_l])
     cls = np.argmax(ideal, axis=0)
     secs = duration / clock_hz

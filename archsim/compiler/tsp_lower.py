@@ -1,0 +1,250 @@
+"""Lowering for groq-like: each op of the partitioned graph -> passes of functional slices.
+
+Grain: one instruction per (op, chip, functional unit) pass over a tensor, e.g. one MXM plane
+streaming its share of an op's weight tiles, one VXM chain over an op's vectors, one C2C
+transfer of an op's activations. The per-vector pipelining inside a pass is counted by the
+timing equations (archsim/arch/tsp_timing.py). The stream holds chip 0 of each pipeline
+stage (the chips of a tensor group are symmetric); units are named per slice:
+``chip3.mxm0``, ``chip3.vxm``, ``chip3.sxm``, ``chip3.mem``, ``chip3.c2c7``.
+
+One micro-batch is lowered: the compiler splits the ``batch`` sequences into
+``plan.extra["micro_batches"]`` micro-batches that follow each other down the pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from archsim.arch.tsp_params import TspParams
+from archsim.arch.tsp_timing import MODE_FP8, MODE_FP16, MODE_INT8
+from archsim.compiler.plan import Plan
+from archsim.errors import UnsupportedOpError
+from archsim.graph.build import ops_in_order
+from archsim.graph.ops import Op, OpKind
+from archsim.isa import StreamBuilder
+from archsim.scenario import DTYPE_BYTES, Scenario
+
+ACC_BYTES = 4  # MXM results leave as int32/fp32: 4 streams per 320 outputs (ISCA20 (r))
+
+
+def mxm_mode(p: TspParams, weights: str, acts: str) -> int:
+    """MXM arithmetic for a (weight, activation) storage pair; refuses what the chip lacks."""
+    pair = {weights, acts}
+    if pair <= {"int8"}:
+        return MODE_INT8
+    if pair <= {"fp8", "int8"}:
+        if p.mxm.fp8_rate_fraction <= 0:
+            raise UnsupportedOpError(
+                f"{p.name} has no fp8 MXM mode (mxm.fp8_rate_fraction = 0); use --precision "
+                "int8 or bf16, or an fp8-capable preset such as groq3-lpx"
+            )
+        return MODE_FP8
+    if pair <= {"bf16", "fp16", "fp8", "int8"}:
+        return MODE_FP16
+    raise UnsupportedOpError(
+        f"{p.name} cannot multiply {weights} weights by {acts} activations on its MXM "
+        "(int8, fp8 where supported, fp16/bf16)"
+    )
+
+
+class Lowerer:
+    """Emits the instructions of one micro-batch through every pipeline stage."""
+
+    def __init__(self, g: nx.DiGraph, plan: Plan, p: TspParams, sc: Scenario, opcodes) -> None:
+        self.g, self.plan, self.p, self.sc = g, plan, p, sc
+        self.b = StreamBuilder(opcodes)
+        self.mb = int(plan.extra.get("micro_batch", sc.batch))
+        self.f = self.mb / sc.batch  # share of the batch in one micro-batch
+        self.out_of: dict[str, list[int]] = {}
+        self.next_plane: dict[int, int] = {}
+        c = p.chip
+        self.vb = c.vector_bytes
+        self.reduce_steps = math.ceil(math.log2(c.superlanes * c.lanes_per_superlane))
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def vectors(self, nbytes: float) -> int:
+        return max(1, math.ceil(nbytes / self.vb - 1e-9))
+
+    def rows(self, op: Op) -> int:
+        return max(1, math.ceil(op.dim("m") * self.f - 1e-9))
+
+    def emit(self, opcode: str, unit: str, op: Op, deps, **kw) -> int:
+        s = op.stage
+        return self.b.add(
+            opcode, unit=f"chip{s}.{unit}", op=op.id, chip=s, layer=op.layer, deps=deps, **kw
+        )
+
+    def vxm(self, op: Op, deps, vectors: int, *, i=0, fp=0, cast=0, tr=0, slices=None) -> int:
+        sl = 2 * self.p.place.vxm_operand_slices if slices is None else slices
+        return self.emit(
+            "vxm", "vxm", op, deps, m=vectors, n=i, k=fp, g=cast, h=tr, aux=sl,
+            onchip_bytes=2.0 * vectors * self.vb,
+        )  # fmt: skip
+
+    def sxm(self, op: Op, deps, vectors: int, steps: int) -> int:
+        sl = 2 * self.p.place.vxm_operand_slices
+        return self.emit(
+            "sxm", "sxm", op, deps, m=vectors, n=steps, aux=sl, onchip_bytes=2.0 * vectors * self.vb
+        )
+
+    def mxm(self, op, deps, rows, tiles, k_rows, mode, w_el, wbytes, flops, in_bytes) -> list[int]:
+        """Spread ``tiles`` weight tiles over the planes (rotating the first plane per op)."""
+        planes = self.p.mxm.planes
+        used = min(planes, tiles)
+        first = self.next_plane.get(op.stage, 0)
+        self.next_plane[op.stage] = (first + used) % planes
+        out = []
+        for j in range(used):
+            t = tiles // used + (1 if j < tiles % used else 0)
+            share = t / tiles
+            out.append(
+                self.emit(
+                    "mxm",
+                    f"mxm{(first + j) % planes}",
+                    op,
+                    deps,
+                    m=rows,
+                    n=t,
+                    k=k_rows,
+                    g=mode,
+                    h=int(w_el),
+                    onchip_bytes=wbytes * share + in_bytes,
+                    flops=flops * share,
+                )  # fmt: skip
+            )
+        return out
+
+    def requant(self, op: Op, deps, outputs: float) -> int:
+        """MXM int32/fp32 results -> the activation type, on the VXM."""
+        pl = self.p.place
+        return self.vxm(
+            op, deps, self.vectors(outputs * ACC_BYTES), cast=1,
+            slices=pl.mxm_to_vxm_slices + pl.vxm_operand_slices,
+        )  # fmt: skip
+
+    # ---- hops and ports ---------------------------------------------------------------------
+    def hops(self, src_stage: int, dst_stage: int) -> int:
+        s, tp = self.p.system, self.plan.tp
+        a, b = src_stage * tp, dst_stage * tp
+        node_a, node_b = a // s.chips_per_node, b // s.chips_per_node
+        if node_a == node_b:
+            return s.hops_in_node
+        if node_a // s.nodes_per_group == node_b // s.nodes_per_group:
+            return s.hops_in_group
+        return s.hops_between_groups
+
+    def port(self, src_stage: int, dst_stage: int) -> int:
+        s, tp, ln = self.p.system, self.plan.tp, self.p.links
+        a, b = src_stage * tp, dst_stage * tp
+        if a // s.chips_per_node == b // s.chips_per_node:
+            return (b - a) % s.chips_per_node - 1  # local port toward that chip
+        return ln.local_ports + (dst_stage - src_stage - 1) % ln.global_ports
+
+    def transfer(self, op: Op, deps, port: int, nbytes: float, hops: int) -> int:
+        ln = self.p.links
+        per_link = -(-self.vectors(nbytes) // ln.links_per_port)
+        return self.emit(
+            "c2c", f"c2c{port}", op, deps, m=per_link, n=hops,
+            aux=2 * self.p.place.c2c_stream_slices, link_bytes=nbytes, onchip_bytes=2.0 * nbytes,
+        )  # fmt: skip
+
+    # ---- ops --------------------------------------------------------------------------------
+    def lower(self) -> StreamBuilder:
+        for op in ops_in_order(self.g):
+            deps = [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred]]
+            self.out_of[op.id] = self.lower_op(op, deps)
+        return self.b
+
+    def lower_op(self, op: Op, deps: list[int]) -> list[int]:
+        kind, f = op.kind, self.f
+        if kind == OpKind.MATMUL:
+            return [self.matmul(op, deps)]
+        if kind == OpKind.ATTENTION:
+            return [self.attention(op, deps)]
+        if kind == OpKind.NORM:  # sum of squares, lane reduction, rsqrt and two scales
+            v = self.vectors(op.act_in_bytes * f)
+            a = self.vxm(op, deps, v, fp=2)
+            r = self.sxm(op, [a], self.rows(op), self.reduce_steps)
+            return [self.vxm(op, [r], v, fp=2, tr=1, cast=1)]
+        if kind == OpKind.ROPE:  # pair permute, then x*cos + rot(x)*sin
+            v = self.vectors(op.act_in_bytes * f)
+            r = self.sxm(op, deps, v, 1)
+            return [self.vxm(op, [r], v, fp=3)]
+        if kind == OpKind.ACTIVATION:  # silu(gate) * up = g / (1 + exp(-g)) * up
+            return [self.vxm(op, deps, self.vectors(op.act_in_bytes * f), fp=3, tr=2)]
+        if kind == OpKind.RESIDUAL:
+            return [self.vxm(op, deps, self.vectors(op.act_out_bytes * f), fp=1)]
+        if kind == OpKind.EMBEDDING:  # gather the token rows from MEM
+            v = self.vectors(op.act_out_bytes * f)
+            return [
+                self.emit("mem", "mem", op, deps, m=v, aux=2 * self.p.place.vxm_operand_slices,
+                          onchip_bytes=2.0 * v * self.vb)
+            ]  # fmt: skip
+        if kind == OpKind.ALL_REDUCE:
+            return self.all_reduce(op, deps)
+        if kind == OpKind.SEND_RECV:
+            dst = op.dim("dst_stage")
+            port = self.port(op.stage, dst)
+            return [self.transfer(op, deps, port, op.link_bytes * f, self.hops(op.stage, dst))]
+        raise UnsupportedOpError(f"groq-like cannot lower {kind} ({op.id})")
+
+    def matmul(self, op: Op, deps: list[int]) -> int:
+        """[rows, k] @ [k, n]: ceil(k/D) x ceil(n/D) weight tiles of D x D (D = plane side)."""
+        dim = self.p.mxm.plane_dim
+        mode = mxm_mode(self.p, op.weight_dtype, op.act_dtype)
+        kt, nt = math.ceil(op.dim("k") / dim), math.ceil(op.dim("n") / dim)
+        rows = self.rows(op)
+        planes = self.mxm(
+            op, deps, rows, kt * nt, math.ceil(op.dim("k") / kt), mode,
+            DTYPE_BYTES[op.weight_dtype], op.weight_bytes, op.flops * self.f,
+            op.act_in_bytes * self.f,
+        )  # fmt: skip
+        return self.requant(op, planes, rows * op.dim("n"))
+
+    def attention(self, op: Op, deps: list[int]) -> int:
+        """softmax(Q K^T) V with the KV cache installed in the MXM as weights: K^T [d, L] and
+        V [L, d] per (sequence, KV head); the query heads sharing a KV head are the rows."""
+        dim, mb = self.p.mxm.plane_dim, self.mb
+        heads, kvh, d = op.dim("heads"), op.dim("kv_heads"), op.dim("head_dim")
+        q_len, kv_len = op.dim("q_len"), op.dim("kv_len")
+        rows = max(1, heads // kvh) * q_len
+        mode = mxm_mode(self.p, op.weight_dtype, op.act_dtype)  # weight_dtype = KV dtype
+        el = DTYPE_BYTES[op.weight_dtype]
+        # causal prefill skips the key tiles above the diagonal
+        frac = (q_len + 1) / (2.0 * kv_len) if op.dim("causal") else 1.0
+        f = self.f
+        kv_new = op.kv_write_bytes * f
+        append = self.emit(
+            "mem", "mem", op, deps, m=self.vectors(kv_new),
+            aux=2 * self.p.place.vxm_operand_slices, onchip_bytes=2.0 * kv_new,
+        )  # fmt: skip
+        lt = math.ceil(kv_len / dim)
+        qk_tiles = max(1, round(mb * kvh * math.ceil(d / dim) * lt * frac))
+        kv_half = op.kv_read_bytes * f / 2
+        qk = self.mxm(  # the new token's K is in the cache first
+            op, [append], rows, qk_tiles, min(d, dim), mode, el, kv_half, op.flops * f / 2,
+            op.act_in_bytes * f,
+        )  # fmt: skip
+        scores = mb * heads * q_len * kv_len * frac * ACC_BYTES
+        v = self.vectors(scores)
+        e = self.vxm(op, qk, v, fp=2, tr=1, slices=self.p.place.mxm_to_vxm_slices)
+        s = self.sxm(op, [e], mb * heads * q_len, self.reduce_steps)
+        pn = self.vxm(op, [s], v, fp=1, tr=1, cast=1)
+        pv_tiles = max(1, round(mb * kvh * lt * math.ceil(d / dim) * frac))
+        pv = self.mxm(
+            op, [pn], rows, pv_tiles, math.ceil(kv_len / lt), mode, el, kv_half,
+            op.flops * f / 2, scores / ACC_BYTES * el,
+        )  # fmt: skip
+        return self.requant(op, pv, mb * heads * q_len * d)
+
+    def all_reduce(self, op: Op, deps: list[int]) -> list[int]:
+        """One-shot reduce-scatter + all-gather over the fully connected tensor group: each
+        phase sends 1/tp of the tensor to each of the tp-1 peers on its own link."""
+        tp = op.group
+        chunk = op.link_bytes * self.f / tp
+        hops = self.p.system.hops_in_node
+        scatter = [self.transfer(op, deps, j, chunk, hops) for j in range(tp - 1)]
+        add = self.vxm(op, scatter, self.vectors(chunk), fp=tp - 1)
+        return [self.transfer(op, [add], j, chunk, hops) for j in range(tp - 1)]

@@ -1,0 +1,278 @@
+"""Plan and partition for an SRAM-only machine (groq-like): the chip count falls out of capacity.
+
+Every op is tensor-split over a group of ``tp`` chips (Megatron splits, archsim.compiler.
+partition.shard) and the ops, in topological order, are cut into ``pp`` contiguous pipeline
+stages. A stage boundary may fall inside a decoder layer (a 1.7 GB bf16 layer of a 70B model
+does not fit the 8 chips of one node), so stages are runs of ops, not of layers. Each chip
+must hold its share of its stage's weights and KV cache plus the working activations.
+
+Auto (``chips=None``): for each tensor degree, the fewest stages a greedy first-fit packing
+needs; the fewest chips overall wins (ties: the larger tensor degree, lower latency); then
+the ops are re-cut into that many stages with the smallest largest stage (balanced pipeline).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import networkx as nx
+
+from archsim.compiler.partition import memory_need, shard
+from archsim.compiler.plan import Plan
+from archsim.errors import CapacityError, ScenarioError
+from archsim.graph.build import ELEM_BYTES, ops_in_order
+from archsim.graph.ops import Op, OpKind
+from archsim.model import ModelSpec
+from archsim.scenario import Scenario
+
+# ops wider than 1/PACKING_GRAIN of a chip are cut into output slices of about that size, so
+# that a stage can be filled close to its capacity (and an lm_head wider than a whole tensor
+# group still fits)
+PACKING_GRAIN = 8
+
+
+def _chunk(op: Op, parts: int, j: int) -> Op:
+    """Output slice ``j`` of ``parts`` of a column- or vocab-split op (it reads all its input)."""
+    key = "vocab" if op.tp_role == "vocab" else "n"
+    full = op.dim(key)
+    size = -(-full // parts)
+    width = min(size, full - j * size)
+    f = width / full
+    out_f = 1.0 if op.tp_role == "vocab" else f  # embedding slices all emit partial rows
+    return replace(
+        op,
+        id=f"{op.id}.c{j}",
+        shape={**op.shape, key: width},
+        flops=op.flops * f,
+        params=round(op.params * f),
+        weight_bytes=op.weight_bytes * f,
+        act_out_bytes=op.act_out_bytes * out_f,
+    )
+
+
+def wide_op_chunks(g: nx.DiGraph, tp: int, cap: float, grain: int) -> dict[str, int]:
+    """Column/vocab-split ops whose share on one chip exceeds cap/grain, and how many output
+    slices each is cut into so that slices can go to different stages (packing grain)."""
+    out = {}
+    for op, b in zip(ops_in_order(g), op_bytes_per_chip(g, tp), strict=True):
+        if op.tp_role in ("column", "vocab") and op.params and b > cap / grain:
+            key = "vocab" if op.tp_role == "vocab" else "n"
+            out[op.id] = min(math.ceil(b / (cap / grain)), max(1, op.dim(key) // tp))
+    return out
+
+
+def split_wide_ops(g: nx.DiGraph, chunks: dict[str, int]) -> nx.DiGraph:
+    """The graph with each op of ``chunks`` replaced by its output slices (same position in
+    the op order; every consumer depends on every slice)."""
+    if not chunks:
+        return g
+    out = nx.DiGraph(**g.graph)
+    names: dict[str, list[str]] = {}
+    for node in g.nodes:
+        op: Op = g.nodes[node]["op"]
+        parts = chunks.get(node, 1)
+        pieces = [op] if parts == 1 else [_chunk(op, parts, j) for j in range(parts)]
+        for piece in pieces:
+            out.add_node(piece.id, op=piece)
+        names[node] = [piece.id for piece in pieces]
+    for a, b in g.edges:
+        for x in names[a]:
+            for y in names[b]:
+                out.add_edge(x, y)
+    return out
+
+
+def op_bytes_per_chip(g: nx.DiGraph, tp: int) -> list[float]:
+    """Resident bytes each op puts on each chip of its tensor group: weights + its KV cache."""
+    sc: Scenario = g.graph["scenario"]
+    out = []
+    for op in ops_in_order(g):
+        s = shard(op, tp)
+        kv = s.kv_read_bytes if op.kind == OpKind.ATTENTION else 0.0
+        out.append(s.params * sc.precision.weight_bytes + kv)
+    return out
+
+
+def greedy_stages(sizes: list[float], cap: float) -> int | None:
+    """Fewest contiguous stages of at most ``cap`` bytes (first fit); None if an op is too big."""
+    stages, load = 1, 0.0
+    for b in sizes:
+        if b > cap:
+            return None
+        if load + b > cap:
+            stages, load = stages + 1, 0.0
+        load += b
+    return stages
+
+
+def balanced_cuts(sizes: list[float], parts: int) -> list[int]:
+    """Start index of each of ``parts`` non-empty contiguous stages minimising the largest
+    stage (binary search on the bound, greedy check)."""
+
+    def cuts_for(bound: float) -> list[int] | None:
+        starts, load = [0], 0.0
+        for i, b in enumerate(sizes):
+            left_ops, left_parts = len(sizes) - i, parts - len(starts)
+            must_cut = left_ops == left_parts and i > starts[-1]
+            if i > starts[-1] and (load + b > bound or must_cut):
+                starts.append(i)
+                load = 0.0
+            load += b
+        return starts if len(starts) == parts and load <= bound else None
+
+    lo, hi = max(sizes), sum(sizes)
+    best = cuts_for(hi)
+    for _ in range(60):
+        if hi - lo <= 1e-6 * hi:
+            break
+        mid = (lo + hi) / 2
+        cuts = cuts_for(mid)
+        if cuts is None:
+            lo = mid
+        else:
+            hi, best = mid, cuts
+    assert best is not None
+    return best
+
+
+def _tp_options(spec: ModelSpec, tp_max: int) -> list[int]:
+    top = int(math.log2(max(tp_max, 1)))
+    return [t for t in (2**i for i in range(top + 1)) if spec.num_heads % t == 0]
+
+
+def _stage_layers(ops: list[Op], starts: list[int], n_layers: int) -> tuple[tuple[int, int], ...]:
+    bounds = [*starts, len(ops)]
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        layers = [min(max(o.layer, 0), n_layers - 1) for o in ops[a:b]]
+        out.append((min(layers), max(layers) + 1))
+    return tuple(out)
+
+
+def plan_sram(
+    g: nx.DiGraph, capacity_bytes: float, chips: int | None, tp_max: int, max_chips: int
+) -> Plan:
+    """Fewest chips whose SRAM holds weights + KV + activations (``chips=None``), or the split
+    of exactly ``chips`` chips (CapacityError if it does not hold the model)."""
+    spec: ModelSpec = g.graph["model"]
+    sc: Scenario = g.graph["scenario"]
+    ops = ops_in_order(g)
+    need = memory_need(g)
+
+    def cap_for(tp: int) -> float:
+        # working activations (widest op in + out, logits) spread over the tensor group
+        return capacity_bytes - need.act_bytes / tp
+
+    n_layers = max(1, len({o.layer for o in ops if 0 <= o.layer < spec.num_layers}))
+    tps = _tp_options(spec, tp_max)
+    if chips is not None:
+        if chips <= 0:
+            raise ScenarioError(f"chips must be a positive integer or 'auto', got {chips}")
+        tp = max(t for t in tps if chips % t == 0)
+        pp = chips // tp
+    else:
+        best: tuple[int, int] | None = None
+        for tp in tps:
+            gt = split_wide_ops(g, wide_op_chunks(g, tp, cap_for(tp), PACKING_GRAIN))
+            pp_min = greedy_stages(op_bytes_per_chip(gt, tp), cap_for(tp))
+            if pp_min is not None and (best is None or tp * pp_min <= best[0] * best[1]):
+                best = (tp, pp_min)
+        if best is None or best[0] * best[1] > max_chips:
+            raise CapacityError(
+                f"{spec.name} does not fit on any groq-like system of up to {max_chips} chips "
+                f"of {capacity_bytes / 1e6:.0f} MB usable SRAM (needs {need.total / 1e9:.1f} GB)"
+            )
+        tp, pp = best
+    cap = cap_for(tp)
+    chunks = wide_op_chunks(g, tp, cap, PACKING_GRAIN)
+    g = split_wide_ops(g, chunks)
+    ops = ops_in_order(g)
+    if pp > len(ops):
+        raise ScenarioError(f"{tp * pp} chips would need {pp} pipeline stages for {len(ops)} ops")
+    sizes = op_bytes_per_chip(g, tp)
+    starts = balanced_cuts(sizes, pp)
+    bounds = [*starts, len(ops)]
+    fullest = max(sum(sizes[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    if fullest > cap:
+        raise CapacityError(
+            f"{spec.name} does not fit on {tp * pp} chip(s): the fullest chip needs "
+            f"{(capacity_bytes - cap + fullest) / 1e6:.1f} MB (weights "
+            f"{need.weight_bytes / 1e9:.1f} GB + KV {need.kv_bytes / 1e9:.1f} GB in all) but "
+            f"holds {capacity_bytes / 1e6:.1f} MB"
+        )
+    n_mb = min(sc.batch, pp)
+    return Plan(
+        tp=tp,
+        pp=pp,
+        stage_layers=_stage_layers(ops, starts, n_layers),
+        need=need,
+        capacity_bytes_per_chip=capacity_bytes,
+        extra={
+            "stage_first_op": [ops[i].id for i in starts],
+            "op_chunks": chunks,
+            "fullest_chip_bytes": capacity_bytes - cap + fullest,
+            "micro_batches": n_mb,
+            "micro_batch": -(-sc.batch // n_mb),
+        },
+    )
+
+
+def _send(src: Op, dst_stage: int) -> Op:
+    nbytes = src.act_out_bytes  # this chip's share of the producer's output
+    return Op(
+        id=f"{src.id}.send_s{dst_stage}",
+        kind=OpKind.SEND_RECV,
+        layer=src.layer,
+        shape={"m": src.dim("m"), "n": src.dim("n"), "dst_stage": dst_stage},
+        link_bytes=nbytes,
+        act_in_bytes=nbytes,
+        act_out_bytes=nbytes,
+        stage=src.stage,
+    )
+
+
+def _all_reduce(op: Op, tp: int) -> Op:
+    nbytes = op.dim("m") * op.dim("n") * ELEM_BYTES
+    return Op(
+        id=f"{op.id}.all_reduce",
+        kind=OpKind.ALL_REDUCE,
+        layer=op.layer,
+        shape={"m": op.dim("m"), "n": op.dim("n")},
+        link_bytes=nbytes,
+        act_in_bytes=nbytes,
+        act_out_bytes=nbytes,
+        stage=op.stage,
+        group=tp,
+    )
+
+
+def partition_sram(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
+    """The graph chip 0 of each stage runs: sharded ops, all-reduces inside a tensor group and
+    a direct send from a producer's stage to each later stage that consumes it."""
+    g = split_wide_ops(g, plan.extra.get("op_chunks", {}))
+    first = set(plan.extra["stage_first_op"])
+    out = nx.DiGraph(**g.graph, plan=plan)
+    carrier: dict[str, str] = {}  # op id -> node that now carries its output
+    stage = -1
+    for op in ops_in_order(g):
+        stage += op.id in first
+        local = replace(shard(op, plan.tp), stage=stage)
+        out.add_node(op.id, op=local)
+        for pred in g.predecessors(op.id):
+            src = carrier[pred]
+            src_op: Op = out.nodes[src]["op"]
+            if src_op.stage != stage:
+                hop = _send(src_op, stage)
+                if hop.id not in out:
+                    out.add_node(hop.id, op=hop)
+                    out.add_edge(src, hop.id)
+                src = hop.id
+            out.add_edge(src, op.id)
+        carrier[op.id] = op.id
+        if plan.tp > 1 and op.tp_role in ("row", "vocab"):
+            ar = _all_reduce(local, plan.tp)
+            out.add_node(ar.id, op=ar)
+            out.add_edge(op.id, ar.id)
+            carrier[op.id] = ar.id
+    return out

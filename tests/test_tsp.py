@@ -1,0 +1,209 @@
+"""groq-like (TSP): hand-counted cycles, static schedule verification, chip counts from SRAM
+capacity, and how latency and throughput respond to links and pipelining.
+
+Hand counts use the groq-like.yaml defaults (shared/reference/groq-tsp.md §6): 0.9 GHz,
+one stream stage per slice, 1-cycle MEM read and write, 320x320 planes fed by 16 weight
+streams, 20-cycle array latency, 20 superlanes (19 cycles of skew), 15 GB/s links
+(20 cycles per 320-B vector) and 240 ns (216 cycles) per link hop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import archsim
+from archsim.arch import get_family
+from archsim.arch.tsp import usable_sram_bytes
+from archsim.config import load_arch
+from archsim.engine import simulate_stream
+from archsim.errors import CapacityError, ScheduleError, UnsupportedOpError
+from archsim.graph.build import build_graph
+from archsim.graph.totals import param_count
+from archsim.isa import StreamBuilder
+from archsim.model import load_model
+from archsim.scenario import Precision, Scenario
+
+FAMILY = get_family("groq-like")
+PARAMS = load_arch("groq-like")
+INT8 = 0  # MXM mode code of int8 x int8
+
+
+def _builder() -> StreamBuilder:
+    return StreamBuilder(FAMILY.opcodes)
+
+
+def _matvec(b: StreamBuilder, unit="chip0.mxm0", rows=1, tiles=1, warm=0, issue=0, deps=()):
+    return b.add(
+        "mxm", unit=unit, op="matvec", m=rows, n=tiles, k=320, g=INT8, h=1, aux=warm,
+        issue=issue, deps=list(deps),
+    )  # fmt: skip
+
+
+def _cycles(stream) -> list[int]:
+    return [int(x) for x in FAMILY.durations(stream, PARAMS)]
+
+
+@pytest.mark.cycle_exact
+def test_cold_matvec_on_one_plane_takes_83_cycles():
+    """One 320x320 int8 weight tile times one activation vector, weights still in MEM
+    (groq-tsp.md §6.1): weights read (1) and cross 17 slices to the MXM edge (17) = 18;
+    installed by 16 streams in 320/16 = 20 cycles -> 38 (the activation, 1 + 18 hops = 19
+    cycles away, was issued to arrive then); array 20 -> 58; results cross 5 slices (5) and
+    are written (1) -> 64; the last superlane finishes 19 cycles later -> 83."""
+    b = _builder()
+    _matvec(b)
+    stream = b.build()
+    assert _cycles(stream) == [83]
+    assert simulate_stream(stream, FAMILY.durations(stream, PARAMS)).cycles == 83
+
+
+@pytest.mark.cycle_exact
+def test_installed_tile_streams_m_rows_in_m_plus_63_cycles():
+    """Weights already installed: activation read (1) + 18 hops, M rows one per cycle (the
+    last enters M - 1 cycles after the first), array 20, 5 hops + write 1, skew 19:
+    1 + 18 + (M - 1) + 20 + 6 + 19 = M + 63 (groq-tsp.md §7 verification hook 2)."""
+    b = _builder()
+    for rows in (1, 100):
+        _matvec(b, rows=rows, warm=1, issue=-1)
+    assert _cycles(b.build()) == [64, 163]
+
+
+@pytest.mark.cycle_exact
+def test_each_further_weight_tile_costs_one_install():
+    """At one activation row the plane is install-bound: after the first tile (83 cycles),
+    each of the next 3 tiles is loaded into the LW buffer while the previous one computes and
+    costs max(20 install, 1 row + 1 swap) = 20 cycles: 83 + 3 x 20 = 143."""
+    b = _builder()
+    _matvec(b, tiles=4)
+    assert _cycles(b.build()) == [143]
+
+
+@pytest.mark.cycle_exact
+def test_one_vector_between_two_chips_takes_279_cycles():
+    """groq-tsp.md §6.2: Read 1, 20 slices to the C2C block 20, serialise 320 B at
+    15 GB/s / 0.9 GHz = 16.7 B/cycle -> 20, flight 240 ns = 216, Receive 1, 20 slices to the
+    destination slice 20, Write 1: 279. Through an intermediate chip add its turn-around
+    (30), one more vector serialisation (20) and one more flight (216): 545."""
+    b = _builder()
+    for hops in (1, 2):
+        b.add("c2c", unit="chip0.c2c0", op="send", m=1, n=hops, aux=40, issue=-1)
+    assert _cycles(b.build()) == [279, 545]
+
+
+@pytest.mark.cycle_exact
+def test_two_chip_program_schedule_is_hand_count():
+    """A matrix-vector product on chip 0 (83 cycles) whose result vector then goes to chip 1
+    (279 cycles): the scheduler issues the transfer at 83 and the program ends at 362."""
+    from archsim.compiler.tsp_schedule import asap_issue
+
+    b = _builder()
+    mv = _matvec(b, issue=-1)
+    b.add("c2c", unit="chip0.c2c0", op="send", m=1, n=1, aux=40, deps=[mv], issue=-1)
+    stream = b.build()
+    dur = FAMILY.durations(stream, PARAMS)
+    issue = asap_issue(stream.unit, dur, stream.dep_ptr, stream.dep_idx, 2, 0)
+    assert list(issue) == [0, 83]
+    stream.cols["issue"][:] = issue
+    assert simulate_stream(stream, dur).cycles == 362
+
+
+def test_two_instructions_on_one_unit_in_one_cycle_is_a_schedule_error():
+    """The cycle model executes the static schedule and refuses a unit conflict: a second
+    pass issued on the same MXM plane at the same cycle is a compiler bug."""
+    b = _builder()
+    _matvec(b, issue=0)
+    _matvec(b, issue=0)
+    stream = b.build()
+    with pytest.raises(ScheduleError, match="not ready at their issue cycle"):
+        simulate_stream(stream, FAMILY.durations(stream, PARAMS))
+
+
+def test_issue_before_the_producer_finishes_is_a_schedule_error():
+    """Data arriving late is reported: a transfer issued at cycle 82, one cycle before the
+    matrix-vector product it sends has written its result (83), is refused; at 83 it runs."""
+    for issue, late in ((82, True), (83, False)):
+        b = _builder()
+        mv = _matvec(b, issue=0)
+        b.add("c2c", unit="chip0.c2c0", op="send", m=1, n=1, aux=40, deps=[mv], issue=issue)
+        stream = b.build()
+        dur = FAMILY.durations(stream, PARAMS)
+        if late:
+            with pytest.raises(ScheduleError):
+                simulate_stream(stream, dur)
+        else:
+            assert simulate_stream(stream, dur).cycles == 83 + 279
+
+
+def test_compiled_model_is_fully_static_and_deterministic():
+    """Every lowered instruction carries a compile-time issue cycle, the engine accepts the
+    schedule, and the same inputs give the same cycles."""
+    kw = dict(phase="decode", batch=2, ctx=256, layers=2)
+    a = archsim.simulate("groq-like", "llama3-8b", **kw)
+    b = archsim.simulate("groq-like", "llama3-8b", **kw)
+    assert (a.stream.issue >= 0).all()
+    assert a.cycles == b.cycles and (a.timeline.start == a.stream.issue).all()
+    units = set(a.stream.unit_names)
+    assert {"chip0.mxm0", "chip0.vxm", "chip0.sxm", "chip0.mem"} <= units
+
+
+def _plan(model: str, precision: str, overrides=None, chips=None):
+    p = load_arch("groq-like", overrides)
+    sc = Scenario(phase="decode", batch=1, ctx=2048, precision=Precision.parse(precision))
+    spec = load_model(model)
+    return FAMILY.plan(build_graph(spec, sc), p, chips), spec, p
+
+
+def test_llama2_70b_chip_count_follows_from_sram_capacity():
+    """llama2-70b at bf16: at least ceil(2 B x 69e9 params / usable SRAM) chips, i.e. over
+    600 for the weights alone (692 with 12 of 88 MEM slices kept for code), and a bounded
+    packing loss; at int8 about half as many."""
+    bf16, spec, p = _plan("llama2-70b", "bf16")
+    int8, _, _ = _plan("llama2-70b", "int8")
+    floor = math.ceil(2 * param_count(spec) / usable_sram_bytes(p))
+    assert floor >= 600
+    assert floor <= bf16.chips <= 1.15 * floor
+    assert 0.4 <= int8.chips / bf16.chips <= 0.6
+
+
+def test_doubling_sram_roughly_halves_the_chip_count():
+    """Capacity sets the chip count: twice the SRAM per chip, about half the chips."""
+    base, _, p = _plan("llama2-70b", "int8")
+    big, _, _ = _plan("llama2-70b", "int8", {"chip.sram_bytes": 2 * p.chip.sram_bytes})
+    assert 0.4 <= big.chips / base.chips <= 0.6
+
+
+def test_too_few_chips_is_a_capacity_error():
+    """A model that cannot fit the chips asked for is refused with one line."""
+    with pytest.raises(CapacityError, match="does not fit on 8 chip"):
+        _plan("llama2-70b", "int8", chips=8)
+
+
+def test_link_latency_raises_latency_but_not_filled_pipeline_throughput():
+    """Per-token latency includes every link hop of the token's trip: +240 ns per hop adds at
+    least 240 ns per pipeline-stage boundary. At a batch that fills the pipeline (the slowest
+    stage, serving every micro-batch in turn, is the bound) system tokens/s stays within 2%."""
+    kw = dict(model="llama3-8b", precision="int8", ctx=128)
+    slow = {"links.link_latency_s": 4.8e-7}
+    a1 = archsim.simulate("groq-like", batch=1, **kw)
+    b1 = archsim.simulate("groq-like", batch=1, overrides=slow, **kw)
+    assert b1.seconds - a1.seconds >= 2.4e-7 * (a1.pp - 1)
+    big = 64 * a1.pp
+    a = archsim.simulate("groq-like", batch=big, **kw)
+    b = archsim.simulate("groq-like", batch=big, overrides=slow, **kw)
+    assert a.extra["pipeline_full"] and b.extra["pipeline_full"]
+    assert b.seconds > a.seconds
+    assert abs(b.tokens_per_s / a.tokens_per_s - 1) < 0.02
+
+
+def test_groq3_lpx_preset_extends_groq_like_and_runs_fp8():
+    """groq3-lpx inherits the v1 timing model, overrides SRAM (512 MB) and racks (256 chips),
+    and has the fp8 MXM mode v1 lacks."""
+    p = load_arch("groq3-lpx")
+    assert p.family == "groq-like" and p.chip.sram_bytes == 5.12e8
+    assert p.system.chips_per_node * p.system.nodes_per_rack == 256
+    r = archsim.simulate("groq3-lpx", "llama3-8b", precision="fp8", batch=1, ctx=128, layers=2)
+    assert r.cycles > 0
+    with pytest.raises(UnsupportedOpError, match="no fp8"):
+        archsim.simulate("groq-like", "llama3-8b", precision="fp8", layers=1)
