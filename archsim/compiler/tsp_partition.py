@@ -30,67 +30,101 @@ from archsim.scenario import Scenario
 # that a stage can be filled close to its capacity (and an lm_head wider than a whole tensor
 # group still fits)
 PACKING_GRAIN = 8
+# a tensor split that needs at most this share more chips than the fewest is preferred when
+# its degree is larger: a few % more chips for several times lower per-token latency
+PACKING_SLACK = 0.03
+
+
+_SPLIT_DIM = {"column": "n", "vocab": "vocab", "row": "k"}
 
 
 def _chunk(op: Op, parts: int, j: int) -> Op:
-    """Output slice ``j`` of ``parts`` of a column- or vocab-split op (it reads all its input)."""
-    key = "vocab" if op.tp_role == "vocab" else "n"
+    """Slice ``j`` of ``parts`` of a weight op along the dimension its tensor split cuts:
+    output columns (column), vocabulary rows (vocab) or the contraction (row; slices before
+    the last emit partial sums that the next slice accumulates)."""
+    key = _SPLIT_DIM[op.tp_role]
     full = op.dim(key)
     size = -(-full // parts)
     width = min(size, full - j * size)
     f = width / full
-    out_f = 1.0 if op.tp_role == "vocab" else f  # embedding slices all emit partial rows
+    shape = {**op.shape, key: width}
+    if op.tp_role == "row" and j < parts - 1:
+        shape["partial"] = 1
     return replace(
         op,
         id=f"{op.id}.c{j}",
-        shape={**op.shape, key: width},
+        shape=shape,
         flops=op.flops * f,
         params=round(op.params * f),
         weight_bytes=op.weight_bytes * f,
-        act_out_bytes=op.act_out_bytes * out_f,
+        act_in_bytes=op.act_in_bytes * (f if op.tp_role == "row" else 1.0),
+        act_out_bytes=op.act_out_bytes * (f if op.tp_role == "column" else 1.0),
     )
 
 
-def wide_op_chunks(g: nx.DiGraph, tp: int, cap: float, grain: int) -> dict[str, int]:
-    """Column/vocab-split ops whose share on one chip exceeds cap/grain, and how many output
-    slices each is cut into so that slices can go to different stages (packing grain)."""
+def wide_op_chunks(ops: list[Op], tp: int, cap: float, grain: int, wb: float) -> dict[str, int]:
+    """Weight ops whose share on one chip exceeds cap/grain, and how many slices each is cut
+    into so that slices can go to different stages (the packing grain)."""
     out = {}
-    for op, b in zip(ops_in_order(g), op_bytes_per_chip(g, tp), strict=True):
-        if op.tp_role in ("column", "vocab") and op.params and b > cap / grain:
-            key = "vocab" if op.tp_role == "vocab" else "n"
-            out[op.id] = min(math.ceil(b / (cap / grain)), max(1, op.dim(key) // tp))
+    for op in ops:
+        b = chip_bytes(op, tp, wb)
+        if op.tp_role in _SPLIT_DIM and op.params and b > cap / grain:
+            most = max(1, op.dim(_SPLIT_DIM[op.tp_role]) // tp)
+            out[op.id] = min(math.ceil(b / (cap / grain)), most)
     return out
 
 
 def split_wide_ops(g: nx.DiGraph, chunks: dict[str, int]) -> nx.DiGraph:
-    """The graph with each op of ``chunks`` replaced by its output slices (same position in
-    the op order; every consumer depends on every slice)."""
+    """The graph with each op of ``chunks`` replaced by its slices (same position in the op
+    order). Column and vocab slices run side by side and every consumer waits for all of
+    them; row slices form a chain (each adds its partial sum to the previous one's) and
+    consumers wait for the last."""
     if not chunks:
         return g
     out = nx.DiGraph(**g.graph)
-    names: dict[str, list[str]] = {}
+    heads: dict[str, list[str]] = {}  # slices that read the op's inputs
+    tails: dict[str, list[str]] = {}  # slices whose outputs its consumers read
     for node in g.nodes:
         op: Op = g.nodes[node]["op"]
         parts = chunks.get(node, 1)
         pieces = [op] if parts == 1 else [_chunk(op, parts, j) for j in range(parts)]
         for piece in pieces:
             out.add_node(piece.id, op=piece)
-        names[node] = [piece.id for piece in pieces]
+        names = [piece.id for piece in pieces]
+        heads[node] = names
+        tails[node] = names
+        if op.tp_role == "row" and parts > 1:
+            for a, b in zip(names[:-1], names[1:], strict=True):
+                out.add_edge(a, b)
+            tails[node] = names[-1:]
     for a, b in g.edges:
-        for x in names[a]:
-            for y in names[b]:
+        for x in tails[a]:
+            for y in heads[b]:
                 out.add_edge(x, y)
     return out
 
 
-def op_bytes_per_chip(g: nx.DiGraph, tp: int) -> list[float]:
-    """Resident bytes each op puts on each chip of its tensor group: weights + its KV cache."""
-    sc: Scenario = g.graph["scenario"]
+def chip_bytes(op: Op, tp: int, wb: float) -> float:
+    """Resident bytes ``op`` puts on each chip of a ``tp``-chip tensor group (the shares of
+    compiler.partition.shard): its weight slice at ``wb`` bytes per weight and, for attention,
+    the KV cache of its KV heads (replicated when there are fewer KV heads than chips)."""
+    if op.kind == OpKind.ATTENTION:
+        kvh = op.dim("kv_heads")
+        return op.kv_read_bytes * max(1, kvh // tp) / kvh
+    if not op.params:
+        return 0.0
+    key = _SPLIT_DIM.get(op.tp_role)
+    share = 1.0 if key is None or tp == 1 else math.ceil(op.dim(key) / tp) / op.dim(key)
+    return op.params * share * wb
+
+
+def op_sizes(ops: list[Op], tp: int, wb: float, chunks: dict[str, int]) -> list[float]:
+    """Per-chip bytes of each op, or of each of its slices where it is cut."""
     out = []
-    for op in ops_in_order(g):
-        s = shard(op, tp)
-        kv = s.kv_read_bytes if op.kind == OpKind.ATTENTION else 0.0
-        out.append(s.params * sc.precision.weight_bytes + kv)
+    for op in ops:
+        parts = chunks.get(op.id, 1)
+        pieces = [op] if parts == 1 else [_chunk(op, parts, j) for j in range(parts)]
+        out.extend(chip_bytes(x, tp, wb) for x in pieces)
     return out
 
 
@@ -159,6 +193,7 @@ def plan_sram(
     sc: Scenario = g.graph["scenario"]
     ops = ops_in_order(g)
     need = memory_need(g)
+    wb = sc.precision.weight_bytes
 
     def cap_for(tp: int) -> float:
         # working activations (widest op in + out, logits) spread over the tensor group
@@ -172,12 +207,15 @@ def plan_sram(
         tp = max(t for t in tps if chips % t == 0)
         pp = chips // tp
     else:
-        best: tuple[int, int] | None = None
+        options = []  # (tensor degree, fewest stages)
         for tp in tps:
-            gt = split_wide_ops(g, wide_op_chunks(g, tp, cap_for(tp), PACKING_GRAIN))
-            pp_min = greedy_stages(op_bytes_per_chip(gt, tp), cap_for(tp))
-            if pp_min is not None and (best is None or tp * pp_min <= best[0] * best[1]):
-                best = (tp, pp_min)
+            cut = wide_op_chunks(ops, tp, cap_for(tp), PACKING_GRAIN, wb)
+            pp_min = greedy_stages(op_sizes(ops, tp, wb, cut), cap_for(tp))
+            if pp_min is not None:
+                options.append((tp, pp_min))
+        fewest = min((tp * pp for tp, pp in options), default=0)
+        near = [o for o in options if o[0] * o[1] <= fewest * (1 + PACKING_SLACK)]
+        best = max(near) if near else None
         if best is None or best[0] * best[1] > max_chips:
             raise CapacityError(
                 f"{spec.name} does not fit on any groq-like system of up to {max_chips} chips "
@@ -185,12 +223,11 @@ def plan_sram(
             )
         tp, pp = best
     cap = cap_for(tp)
-    chunks = wide_op_chunks(g, tp, cap, PACKING_GRAIN)
-    g = split_wide_ops(g, chunks)
-    ops = ops_in_order(g)
+    chunks = wide_op_chunks(ops, tp, cap, PACKING_GRAIN, wb)
+    ops = ops_in_order(split_wide_ops(g, chunks))  # the order partition_sram walks
     if pp > len(ops):
         raise ScenarioError(f"{tp * pp} chips would need {pp} pipeline stages for {len(ops)} ops")
-    sizes = op_bytes_per_chip(g, tp)
+    sizes = [chip_bytes(op, tp, wb) for op in ops]
     starts = balanced_cuts(sizes, pp)
     bounds = [*starts, len(ops)]
     fullest = max(sum(sizes[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
@@ -270,7 +307,7 @@ def partition_sram(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
                 src = hop.id
             out.add_edge(src, op.id)
         carrier[op.id] = op.id
-        if plan.tp > 1 and op.tp_role in ("row", "vocab"):
+        if plan.tp > 1 and op.tp_role in ("row", "vocab") and not op.dim("partial"):
             ar = _all_reduce(local, plan.tp)
             out.add_node(ar.id, op=ar)
             out.add_edge(op.id, ar.id)
