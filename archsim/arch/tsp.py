@@ -11,6 +11,7 @@ per-token latency; pipelining many micro-batches sets system throughput (``summa
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import networkx as nx
@@ -38,6 +39,14 @@ def link_cycles(p: TspParams) -> tuple[int, int]:
     return ser, round(ln.link_latency_s * c.clock_hz)
 
 
+def op_kind(op_name: str) -> str:
+    """``L3.down_proj.c1.all_reduce`` -> all_reduce, ``L3.gate_up_proj.c2`` -> gate_up_proj."""
+    if ".send_s" in op_name:
+        return "send_recv"
+    parts = [x for x in op_name.split(".") if not re.fullmatch(r"c\d+", x)]
+    return parts[-1]
+
+
 @register_arch("groq-like")
 class TspFamily(Family):
     Params = TspParams
@@ -60,8 +69,10 @@ class TspFamily(Family):
         return partition_sram(g, plan)
 
     def peak(self, p: TspParams, precision_weights: str) -> dict[str, float]:
-        """MXM MACs x 2 at the weights' rate; SRAM read bandwidth of all MEM slices; all
-        links of a chip, one direction. No off-chip memory: its bandwidth is 0."""
+        """Ceilings a roofline holds each instruction to: the chip's MXM MACs x 2 at the weights'
+        rate; on chip, the weight feed of one MXM plane (its weight streams x 320 B per cycle),
+        which is what a weight-streaming pass is bound by (the SRAM itself serves more,
+        ``sram_read_bytes_per_s``); all links of a chip, one direction. No off-chip memory."""
         c, x = p.chip, p.mxm
         rate = {"int8": x.int8_rate_fraction, "fp8": x.fp8_rate_fraction}.get(
             precision_weights, x.fp16_rate_fraction
@@ -70,12 +81,15 @@ class TspFamily(Family):
         return {
             "flops_per_s": x.planes * x.plane_dim**2 * 2.0 * rate * c.clock_hz,
             "offchip_bytes_per_s": 0.0,
-            "onchip_bytes_per_s": p.mem.slices
-            * p.mem.reads_per_slice_per_cycle
-            * c.vector_bytes
-            * c.clock_hz,
+            "onchip_bytes_per_s": x.weight_streams_per_plane * c.vector_bytes * c.clock_hz,
             "link_bytes_per_s": p.links.links_per_chip * p.links.link_bw_bytes_per_s,
         }
+
+    @staticmethod
+    def sram_read_bytes_per_s(p: TspParams) -> float:
+        """Every MEM slice reading one vector per cycle."""
+        m = p.mem
+        return m.slices * m.reads_per_slice_per_cycle * p.chip.vector_bytes * p.chip.clock_hz
 
     # ---- compile: lower + schedule -----------------------------------------------------------
     def lower(self, g: nx.DiGraph, plan: Plan, p: TspParams, sc: Scenario) -> InstructionStream:
@@ -143,12 +157,7 @@ class TspFamily(Family):
         per_round = n_mb * plan.tp  # copies of the simulated work done in one round
         vxm_units = [i for i, u in enumerate(stream.unit_names) if u.endswith(".vxm")]
         mxm_units = [i for i, u in enumerate(stream.unit_names) if ".mxm" in u]
-        kinds = {}
-        for name in stream.op_names:
-            if ".send_s" in name:
-                kinds[name] = "send_recv"
-            else:
-                kinds[name] = name.rsplit(".", 1)[-1]
+        kinds = {name: op_kind(name) for name in stream.op_names}
         return {
             "nodes": nodes,
             "racks": math.ceil(nodes / s.nodes_per_rack),
@@ -166,7 +175,8 @@ class TspFamily(Family):
             "sram_usable_bytes_per_chip": usable_sram_bytes(p),
             "fullest_chip_bytes": plan.extra.get("fullest_chip_bytes"),
             "sram_bw_used_bytes_per_s": float(stream.onchip_bytes.sum()) * n_mb / plan.pp / round_s,
-            "sram_bw_peak_bytes_per_s": peak["onchip_bytes_per_s"],
+            "sram_bw_peak_bytes_per_s": self.sram_read_bytes_per_s(p),
+            "mxm_feed_peak_bytes_per_s": peak["onchip_bytes_per_s"] * p.mxm.planes,
             "mxm_utilization": float(stream.flops.sum())
             * per_round
             / (peak["flops_per_s"] * plan.chips * round_s),
