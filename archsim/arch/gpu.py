@@ -30,6 +30,8 @@ from archsim.scenario import Scenario
 # dtype code -> index into the rate / element-size tables passed to the kernel
 DTYPE_CODE = {"bf16": 0, "fp16": 0, "fp32": 0, "fp8": 1, "int8": 2, "int4": 3}
 ELEMENTS_PER_CTA = 2048  # elementwise kernels: 256 threads x 8 elements (one 16 B vector each)
+# elementwise kernel classes (gpu_timing.elementwise_seconds)
+VECTORISED, STRIDED, ROW_REDUCTION = 0, 1, 2
 
 
 @register_arch("h100-like")
@@ -74,6 +76,7 @@ class GpuFamily(Family):
                     op=op.id,
                     chip=s,
                     layer=op.layer,
+                    aux=int(opcode == "gemm"),  # torch.matmul dispatch costs more host time
                     deps=[last_launch.get(s, -1)],
                 )
                 last_launch[s] = launch
@@ -94,6 +97,7 @@ class GpuFamily(Family):
 
     def _lower_op(self, op: Op, emit, plan: Plan, p: GpuParams, sc: Scenario, domain: int) -> int:
         kind = op.kind
+        l2 = p.memory.l2_bytes
         if kind == OpKind.MATMUL:
             return emit(
                 op,
@@ -106,14 +110,16 @@ class GpuFamily(Family):
                 flops=op.flops,
             )
         if kind == OpKind.ATTENTION:
-            # the KV-cache append (reshape_and_cache): read new K, V and write them to the cache
-            emit(
-                op,
-                "elementwise",
-                m=op.dim("batch") * op.dim("q_len"),
-                aux=self._ctas(op.kv_write_bytes),
-                offchip_bytes=2 * op.kv_write_bytes,
-            )
+            # the KV-cache append: read the new K, V and write them into the cache
+            reps = p.kernel.kv_write_kernels
+            for _ in range(reps):
+                emit(
+                    op,
+                    "elementwise",
+                    m=op.dim("batch") * op.dim("q_len"),
+                    aux=self._ctas(op.kv_write_bytes / reps),
+                    **self._tier(2 * op.kv_write_bytes / reps, 2 * op.kv_write_bytes, l2),
+                )
             attn = "attn_prefill" if op.dim("causal") else "attn_decode"
             return emit(
                 op,
@@ -127,20 +133,23 @@ class GpuFamily(Family):
                 offchip_bytes=op.kv_read_bytes + op.act_in_bytes + op.act_out_bytes,
                 flops=op.flops,
             )
-        if kind in (OpKind.NORM, OpKind.EMBEDDING):  # one CTA per row
-            reps = p.kernel.norm_kernels if kind == OpKind.NORM else 1
-            return self._repeat(op, emit, reps, ctas=op.dim("m"))
+        if kind == OpKind.NORM:  # one CTA per row; the first kernel walks the rows
+            return self._repeat(op, emit, p.kernel.norm_kernels, op.dim("m"), ROW_REDUCTION, l2)
+        if kind == OpKind.EMBEDDING:
+            return self._repeat(op, emit, 1, op.dim("m"), VECTORISED, l2)
         if kind == OpKind.ACTIVATION:
-            return self._repeat(
-                op, emit, p.kernel.activation_kernels, ctas=self._ctas(op.act_out_bytes)
-            )
-        if kind in (OpKind.ROPE, OpKind.RESIDUAL):
-            return self._repeat(op, emit, 1, ctas=self._ctas(op.act_out_bytes))
+            return self._activation(op, emit, p.kernel.activation_kernels, l2)
+        if kind == OpKind.ROPE:
+            ctas = self._ctas(op.act_out_bytes / p.kernel.rope_kernels)
+            return self._repeat(op, emit, p.kernel.rope_kernels, ctas, VECTORISED, l2)
+        if kind == OpKind.RESIDUAL:
+            return self._repeat(op, emit, 1, self._ctas(op.act_out_bytes), VECTORISED, l2)
         if kind == OpKind.ALL_REDUCE:
+            # NCCL kernels run on the SMs and the next GEMM needs the reduced sum, so the
+            # all-reduce serialises with the compute stream (no overlap in a decode step)
             return emit(
                 op,
                 "all_reduce",
-                unit="nvlink",
                 g=op.group,
                 m=op.dim("m"),
                 n=op.dim("n"),
@@ -167,17 +176,51 @@ class GpuFamily(Family):
         return max(1, math.ceil(out_bytes / 2 / ELEMENTS_PER_CTA))
 
     @staticmethod
-    def _repeat(op: Op, emit, reps: int, ctas: int) -> int:
-        """``reps`` kernels share the op's bytes (an unfused op is several passes)."""
+    def _tier(nbytes: float, footprint: float, l2_bytes: float) -> dict[str, float]:
+        """An elementwise kernel's bytes come from L2 when the op's distinct bytes fit in it
+        (its inputs were just written by the previous kernel; L2 is write-back), else HBM."""
+        if footprint <= l2_bytes:
+            return {"onchip_bytes": nbytes}
+        return {"offchip_bytes": nbytes}
+
+    @staticmethod
+    def _repeat(op: Op, emit, reps: int, ctas: int, kclass: int, l2_bytes: float) -> int:
+        """``reps`` kernels share the op's bytes (an unfused op is several passes). A row
+        reduction's first kernel walks one row of ``n`` bf16 elements serially per CTA."""
         last = -1
-        for _ in range(reps):
+        for r in range(reps):
+            row = 2 * op.dim("n") if (kclass == ROW_REDUCTION and r == 0) else 0
             last = emit(
                 op,
                 "elementwise",
                 m=op.dim("m"),
                 n=op.dim("n"),
+                g=kclass if r == 0 else VECTORISED,
+                h=row,
                 aux=ctas,
-                offchip_bytes=op.mem_bytes / reps,
+                **GpuFamily._tier(op.mem_bytes / reps, op.mem_bytes, l2_bytes),
+            )
+        return last
+
+    @staticmethod
+    def _activation(op: Op, emit, reps: int, l2_bytes: float) -> int:
+        """Fused silu_and_mul is one vectorised pass over contiguous [t, 2f] rows. Unfused,
+        each extra kernel reads and writes one [t, f] tensor (silu(gate) -> tmp) and the last
+        reads tmp and up and writes the output; all run on strided chunk views."""
+        unit = op.act_out_bytes  # one [t, f] bf16 tensor
+        kclass = VECTORISED if reps == 1 else STRIDED
+        footprint = op.mem_bytes + (reps - 1) * unit
+        last = -1
+        for r in range(reps):
+            nbytes = op.mem_bytes if r == reps - 1 else 2 * unit
+            last = emit(
+                op,
+                "elementwise",
+                m=op.dim("m"),
+                n=op.dim("n"),
+                g=kclass,
+                aux=GpuFamily._ctas(unit),
+                **GpuFamily._tier(nbytes, footprint, l2_bytes),
             )
         return last
 
@@ -190,6 +233,7 @@ class GpuFamily(Family):
         from archsim.arch.gpu_timing import gpu_durations
 
         c, m, k, ln = p.chip, p.memory, p.kernel, p.links
+        # per DTYPE_CODE: bf16, fp8, int8, int4 (W4A16 dequantises to bf16 in the main loop)
         rate = np.array(
             [
                 c.tensor_flops_per_clk_per_sm_bf16,
@@ -197,6 +241,9 @@ class GpuFamily(Family):
                 c.tensor_ops_per_clk_per_sm_int8,
                 c.tensor_flops_per_clk_per_sm_bf16,
             ]
+        )
+        eff = np.array(
+            [c.mma_efficiency, c.mma_efficiency_fp8, c.mma_efficiency_int8, c.mma_efficiency]
         )
         el = np.array([2.0, 1.0, 1.0, 0.5])
         s = stream
@@ -209,20 +256,26 @@ class GpuFamily(Family):
             s.h,
             s.aux,
             s.offchip_bytes,
+            s.onchip_bytes,
             s.link_bytes,
             rate,
             el,
+            eff,
             c.sms,
             c.boost_clock_hz,
             c.sustained_clock_hz,
             c.boost_window_s,
-            c.mma_efficiency,
             c.attention_mma_efficiency,
             m.hbm_bw_bytes_per_s,
             m.per_sm_bw_bytes_per_s,
             m.l2_bw_bytes_per_clk,
+            m.per_sm_l2_bw_bytes_per_s,
+            m.strided_l2_bw_bytes_per_s,
+            m.strided_hbm_bw_bytes_per_s,
+            m.norm_row_bw_bytes_per_s,
             k.graph_launch_gap_s,
             k.eager_launch_s,
+            k.eager_gemm_launch_s,
             k.gemm_fixed_s,
             k.elementwise_fixed_s,
             k.attention_fixed_s,
@@ -235,6 +288,9 @@ class GpuFamily(Family):
             ln.nvlink_bw_bytes_per_s,
             ln.allreduce_base_s,
             ln.allreduce_hop_s,
+            ln.allreduce_ll_bw_fraction * ln.nvlink_bw_bytes_per_s,
+            ln.allreduce_simple_base_s,
+            ln.allreduce_simple_hop_s,
             ln.scaleout_bw_bytes_per_s,
             ln.scaleout_latency_s,
         )

@@ -18,9 +18,17 @@ class GpuChip(Section):
     tensor_flops_per_clk_per_sm_fp8: float = field("dense fp8 tensor FLOP per SM clock")
     tensor_ops_per_clk_per_sm_int8: float = field("dense int8 tensor OP per SM clock")
     mma_efficiency: float = field(
-        "fraction of tensor-core peak a GEMM main loop sustains per clock (bubbles, epilogue, "
-        "operand delivery)",
+        "fraction of the bf16/fp16 tensor-core peak a GEMM main loop sustains per clock "
+        "(bubbles, epilogue, operand delivery)",
         le=1,
+    )
+    mma_efficiency_fp8: float = field(
+        "fraction of the fp8 tensor-core peak a GEMM main loop sustains per clock (k32 wgmma "
+        "halves the main loop per byte staged, so delivery and epilogue weigh more)",
+        le=1,
+    )
+    mma_efficiency_int8: float = field(
+        "fraction of the int8 tensor-core peak a GEMM main loop sustains per clock", le=1
     )
     attention_mma_efficiency: float = field(
         "fraction of tensor-core peak a FlashAttention main loop sustains (softmax shares the SM)",
@@ -41,6 +49,22 @@ class GpuMemory(Section):
     )
     l2_bytes: float = field("L2 cache capacity", unit="B")
     l2_bw_bytes_per_clk: float = field("L2 to SM bandwidth per SM clock, whole chip", unit="B/clk")
+    per_sm_l2_bw_bytes_per_s: float = field(
+        "L2 bandwidth one SM can pull for an elementwise kernel (loads in flight / L2 latency)",
+        unit="B/s",
+    )
+    strided_l2_bw_bytes_per_s: float = field(
+        "bandwidth of a non-vectorised elementwise kernel (strided views) served from L2",
+        unit="B/s",
+    )
+    strided_hbm_bw_bytes_per_s: float = field(
+        "bandwidth of a non-vectorised elementwise kernel (strided views) served from HBM",
+        unit="B/s",
+    )
+    norm_row_bw_bytes_per_s: float = field(
+        "rate at which one CTA of a row-reduction kernel (RMSNorm) walks its row, both passes",
+        unit="B/s",
+    )
 
 
 class GpuKernel(Section):
@@ -55,6 +79,10 @@ class GpuKernel(Section):
         "GPU-side gap per kernel inside a CUDA graph (tiny kernel back to back)", unit="s"
     )
     eager_launch_s: float = field("host time to launch one kernel from PyTorch eager", unit="s")
+    eager_gemm_launch_s: float = field(
+        "host time to dispatch one torch.matmul (cuBLAS heuristic lookup + launch) eagerly",
+        unit="s",
+    )
     gemm_fixed_s: float = field("GEMM prologue (first TMA loads) + epilogue per kernel", unit="s")
     elementwise_fixed_s: float = field(
         "first-load latency + tail of a bandwidth-bound kernel", unit="s"
@@ -73,8 +101,15 @@ class GpuKernel(Section):
     gemm_tile_k: int = field("K depth of one GEMM main-loop stage", unit="elements")
     attention_block: int = field("FlashAttention query/key block size", unit="tokens")
     max_kv_splits: int = field("largest split-KV factor of decode attention")
-    norm_kernels: int = field("kernels one RMSNorm takes in the modelled software stack")
-    activation_kernels: int = field("kernels one SiLU*mul takes in the modelled software stack")
+    norm_kernels: int = field(
+        "kernels one RMSNorm takes in the modelled software stack (the first walks the rows)"
+    )
+    activation_kernels: int = field(
+        "kernels one SiLU*mul takes (1: fused silu_and_mul on contiguous rows; 2: PyTorch "
+        "silu(gate) * up on strided chunks of the fused gate_up output)"
+    )
+    rope_kernels: int = field("kernels the rotary embedding of q and k takes")
+    kv_write_kernels: int = field("kernels that append the new K and V to the cache")
 
 
 class GpuLinks(Section):
@@ -83,9 +118,20 @@ class GpuLinks(Section):
         "NVLink bandwidth per GPU per direction, achieved", unit="B/s"
     )
     allreduce_base_s: float = field(
-        "fixed cost of one all-reduce kernel (launch, barriers)", unit="s"
+        "fixed cost of one ring all-reduce, low-latency (LL) protocol", unit="s"
     )
-    allreduce_hop_s: float = field("latency of each of the 2(n-1) ring steps", unit="s")
+    allreduce_hop_s: float = field(
+        "latency of each of the 2(n-1) ring steps, LL protocol", unit="s"
+    )
+    allreduce_ll_bw_fraction: float = field(
+        "share of the link bandwidth the LL protocol carries (8-byte stores with a flag)", le=1
+    )
+    allreduce_simple_base_s: float = field(
+        "fixed cost of one ring all-reduce, Simple protocol", unit="s"
+    )
+    allreduce_simple_hop_s: float = field(
+        "latency of each of the 2(n-1) ring steps, Simple protocol", unit="s"
+    )
     scaleout_bw_bytes_per_s: float = field("network bandwidth per GPU between nodes", unit="B/s")
     scaleout_latency_s: float = field("one message between nodes", unit="s")
 

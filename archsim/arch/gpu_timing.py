@@ -44,8 +44,7 @@ def gemm_seconds(
     rate,
     sms,
     f_boost,
-    f_sust,
-    boost_window,
+    f_mma,
     mma_eff,
     hbm_bw,
     per_sm_bw,
@@ -70,10 +69,15 @@ def gemm_seconds(
     best_bm = 0
     best_bn = 0
     best_s = 1
+    best_c = 0.0
     for bm in (64, 128, 256):
+        if (bm == 64) != (M <= 64):
+            continue  # BM = 64 only for m <= 64, else 128/256 (DeepGEMM heuristic, §2.2)
         rows = min(bm, M)
         mt = (M + bm - 1) // bm
-        for bn in range(16, 257, 16):
+        for bn in (16, 32, 64, 128, 192, 256):
+            if bn < 64 and bm > 64:
+                continue  # narrow N tiles only in the skinny (BM = 64) kernels
             nt = (N + bn - 1) // bn
             for s in range(1, max_split + 1):
                 tiles = mt * nt * s
@@ -82,9 +86,7 @@ def gemm_seconds(
                 kiters = ((K + s - 1) // s + bk - 1) // bk
                 waves = (tiles + sms - 1) // sms
                 tile_clk = kiters * bk * bm * bn * 2.0 / (rate * mma_eff)
-                t_c = waves * tile_clk / f_boost
-                if t_c > boost_window:
-                    t_c = waves * tile_clk / f_sust
+                t_c = waves * tile_clk / f_mma
                 active = min(tiles, sms)
                 partials = 4.0 * M * N * s if s > 1 else 0.0
                 hbm = N * K * w_el + M * K * a_el + M * N * 2.0 + partials
@@ -100,7 +102,8 @@ def gemm_seconds(
                     best_bm = bm
                     best_bn = bn
                     best_s = s
-    return best_t, best_bm, best_bn, best_s
+                    best_c = t_c
+    return best_t, best_bm, best_bn, best_s, best_c
 
 
 @njit
@@ -181,7 +184,7 @@ def attn_prefill_seconds(
     mem_bytes,
     rate,
     sms,
-    f_boost,
+    f_mma,
     eff,
     hbm_bw,
     cta_fixed,
@@ -194,7 +197,7 @@ def attn_prefill_seconds(
     causal (all blocks otherwise); longest CTAs first onto the least-loaded SM (LPT)."""
     nq = (S + blk - 1) // blk
     nk = (L + blk - 1) // blk
-    step = blk * blk * d * 4.0 / (rate * eff) / f_boost  # one Q-block x K/V-block step
+    step = blk * blk * d * 4.0 / (rate * eff) / f_mma  # one Q-block x K/V-block step
     load = np.zeros(sms)
     for j in range(nq - 1, -1, -1):
         work = cta_fixed + step * ((j + 1 + nk - nq) if causal else nk)
@@ -206,12 +209,66 @@ def attn_prefill_seconds(
             load[best] += work
     t_c = load.max()
     t_m = mem_bytes / hbm_bw
-    return _smooth_max(t_c, t_m, p) + fixed + gap
+    return _smooth_max(t_c, t_m, p) + fixed + gap, t_c
 
 
 @njit
-def elementwise_seconds(nbytes, ctas, sms, hbm_bw, per_sm_bw, fixed, gap):
-    return gap + fixed + nbytes / _stream_bw(min(max(ctas, 1), sms), hbm_bw, per_sm_bw)
+def elementwise_seconds(
+    nbytes,
+    in_l2,
+    kclass,
+    row_bytes,
+    ctas,
+    sms,
+    hbm_bw,
+    per_sm_bw,
+    l2_bw,
+    per_sm_l2_bw,
+    strided_l2_bw,
+    strided_hbm_bw,
+    row_bw,
+    fixed,
+    gap,
+):
+    """A bandwidth-bound kernel: gap + fixed + (row walk) + bytes / achieved bandwidth.
+
+    Tier (``in_l2``, decided by the lowering): data written or read by the previous kernels
+    stays in the write-back L2 while the op's distinct bytes fit in it (decode activations;
+    buffers replayed in a graph); a cyclic stream larger than the L2 misses every time under
+    LRU, so the cut is sharp.
+    kclass 0: vectorised contiguous kernel (residual add, copy, fused kernels): the tier's
+    bandwidth, capped by the per-SM fill rate (Little's law) of its active SMs.
+    kclass 1: PyTorch's non-vectorised TensorIterator path (inputs are strided views, e.g.
+    silu(gate) * up on chunks of the fused gate_up output): fewer bytes in flight per SM.
+    kclass 2: a row reduction (RMSNorm, one CTA per row, two passes over the row): the
+    serial walk of one row (``row_bytes / row_bw``) is exposed before the stream drains.
+    """
+    active = min(max(ctas, 1), sms)
+    if kclass == 1:
+        bw = strided_l2_bw if in_l2 else strided_hbm_bw
+    elif in_l2:
+        bw = min(l2_bw, active * per_sm_l2_bw)
+    else:
+        bw = min(hbm_bw, active * per_sm_bw)
+    t = gap + fixed + nbytes / bw
+    if kclass == 2:
+        t += row_bytes / row_bw
+    return t
+
+
+@njit
+def allreduce_seconds(nbytes, ranks, gap, ll_base, ll_hop, ll_bw, simple_base, simple_hop, bw):
+    """NCCL-style ring all-reduce over NVLink: 2(n-1) steps, each rank sends 2(n-1)/n of the
+    buffer. The library picks the faster of LL (low latency, 8-byte stores with a 4-byte
+    flag: half the link bandwidth) and Simple (full bandwidth, higher per-step latency);
+    constants from NCCL src/graph/tuning.cc (h100-mechanisms §5.3)."""
+    if ranks <= 1:
+        return 0.0
+    steps = 2 * (ranks - 1)
+    share = steps / ranks * nbytes
+    t_ll = ll_base + steps * ll_hop + share / ll_bw
+    t_simple = simple_base + steps * simple_hop + share / bw
+    return gap + min(t_ll, t_simple)
 
 
 @njit
@@ -224,20 +281,26 @@ def gpu_durations(
     h,
     aux,
     offchip,
+    onchip,
     link,
     dtype_rate,
     dtype_el,
+    dtype_eff,
     sms,
     f_boost,
     f_sust,
     boost_window,
-    mma_eff,
     attn_eff,
     hbm_bw,
     per_sm_bw,
     l2_bw_clk,
+    per_sm_l2_bw,
+    strided_l2_bw,
+    strided_hbm_bw,
+    row_bw,
     gap,
     eager_launch,
+    eager_gemm_launch,
     gemm_fixed,
     ew_fixed,
     attn_fixed,
@@ -248,102 +311,243 @@ def gpu_durations(
     blk,
     max_kv_splits,
     nvlink_bw,
-    ar_base,
-    ar_hop,
+    ll_base,
+    ll_hop,
+    ll_bw,
+    simple_base,
+    simple_hop,
     so_bw,
     so_lat,
 ):
-    """Cycles (at the boost clock) of every instruction, and the choice made (tile/split)."""
+    """Cycles (at the boost clock) of every instruction, and the choice made (tile/split).
+
+    Column meanings per opcode (set by GpuFamily.lower): GEMM m, n, k, aux = dtype code;
+    attention g = batch, h = query heads, m = q_len, n = kv_len, k = head_dim, aux = KV heads
+    (decode) or 1 (causal prefill); ELEMENTWISE aux = CTAs, g = kernel class, h = bytes of
+    one row walked serially, k = distinct bytes the op touches (L2 residency); ALL_REDUCE
+    g = ranks; LAUNCH aux = 1 for a cuBLAS GEMM dispatch.
+    """
     n_ins = opcode.shape[0]
     cycles = np.zeros(n_ins, dtype=np.int64)
     choice = np.zeros(n_ins, dtype=np.int64)
-    for i in range(n_ins):
-        op = opcode[i]
-        t = 0.0
-        if op == GEMM:
-            # aux = dtype code: tensor rate per SM clock and bytes per weight element
-            rate = dtype_rate[aux[i]]
-            w_el = dtype_el[aux[i]]
-            a_el = 1.0 if rate > dtype_rate[0] else 2.0  # fp8/int8 GEMMs take 8-bit inputs
-            t, bm, bn, s = gemm_seconds(
-                m[i],
-                n[i],
-                k[i],
-                a_el,
-                w_el,
-                rate,
+    l2_bw = l2_bw_clk * f_boost
+    # Clock: a run of tensor-saturated kernels longer than boost_window pulls the SM clock
+    # down to the power-capped sustained clock (h100-mechanisms §1.1). Pass 0 times the step
+    # at boost and adds up its tensor-bound time; pass 1 (only if that exceeds the window)
+    # retimes it at the sustained clock.
+    for clock_pass in range(2):
+        f_mma = f_boost if clock_pass == 0 else f_sust
+        hot = 0.0
+        for i in range(n_ins):
+            t, c = _one(
+                i,
+                opcode,
+                m,
+                n,
+                k,
+                g,
+                h,
+                aux,
+                offchip,
+                onchip,
+                link,
+                dtype_rate,
+                dtype_el,
+                dtype_eff,
                 sms,
                 f_boost,
-                f_sust,
-                boost_window,
-                mma_eff,
+                f_mma,
+                attn_eff,
                 hbm_bw,
                 per_sm_bw,
                 l2_bw_clk,
-                gemm_fixed,
+                l2_bw,
+                per_sm_l2_bw,
+                strided_l2_bw,
+                strided_hbm_bw,
+                row_bw,
                 gap,
+                eager_launch,
+                eager_gemm_launch,
+                gemm_fixed,
                 ew_fixed,
+                attn_fixed,
+                attn_cta_fixed,
                 p,
                 max_split,
                 bk,
-            )
-            choice[i] = bm * 1000000 + bn * 1000 + s
-        elif op == ATTN_DECODE:
-            rate = dtype_rate[0]
-            t, s = attn_decode_seconds(
-                g[i],
-                h[i],
-                aux[i],
-                m[i],
-                n[i],
-                k[i],
-                offchip[i],
-                rate,
-                sms,
-                f_boost,
-                attn_eff,
-                hbm_bw,
-                per_sm_bw,
-                attn_fixed,
-                gap,
-                ew_fixed,
-                p,
                 blk,
                 max_kv_splits,
+                nvlink_bw,
+                ll_base,
+                ll_hop,
+                ll_bw,
+                simple_base,
+                simple_hop,
+                so_bw,
+                so_lat,
+                choice,
             )
-            choice[i] = s
-        elif op == ATTN_PREFILL:
-            t = attn_prefill_seconds(
-                g[i],
-                h[i],
-                m[i],
-                n[i],
-                k[i],
-                aux[i] == 1,
-                offchip[i],
-                dtype_rate[0],
-                sms,
-                f_boost,
-                attn_eff,
-                hbm_bw,
-                attn_cta_fixed,
-                attn_fixed,
-                gap,
-                p,
-                blk,
-            )
-        elif op == ELEMENTWISE:
-            t = elementwise_seconds(offchip[i], aux[i], sms, hbm_bw, per_sm_bw, ew_fixed, gap)
-        elif op == ALL_REDUCE:
-            ranks = g[i]
-            steps = 2 * (ranks - 1)
-            t = gap + ar_base + steps * ar_hop + steps / ranks * link[i] / nvlink_bw
-        elif op == SEND_RECV:
-            if aux[i] == 1:
-                t = gap + so_lat + link[i] / so_bw
-            else:
-                t = gap + ar_base + link[i] / nvlink_bw
-        elif op == LAUNCH:
-            t = eager_launch
-        cycles[i] = math.ceil(t * f_boost)
+            if c >= 0.5 * t:
+                hot += t
+            cycles[i] = math.ceil(t * f_boost)
+        if hot <= boost_window:
+            break
     return cycles, choice
+
+
+@njit
+def _one(
+    i,
+    opcode,
+    m,
+    n,
+    k,
+    g,
+    h,
+    aux,
+    offchip,
+    onchip,
+    link,
+    dtype_rate,
+    dtype_el,
+    dtype_eff,
+    sms,
+    f_boost,
+    f_mma,
+    attn_eff,
+    hbm_bw,
+    per_sm_bw,
+    l2_bw_clk,
+    l2_bw,
+    per_sm_l2_bw,
+    strided_l2_bw,
+    strided_hbm_bw,
+    row_bw,
+    gap,
+    eager_launch,
+    eager_gemm_launch,
+    gemm_fixed,
+    ew_fixed,
+    attn_fixed,
+    attn_cta_fixed,
+    p,
+    max_split,
+    bk,
+    blk,
+    max_kv_splits,
+    nvlink_bw,
+    ll_base,
+    ll_hop,
+    ll_bw,
+    simple_base,
+    simple_hop,
+    so_bw,
+    so_lat,
+    choice,
+):
+    """Seconds of instruction ``i`` and the part of it that is tensor-core time."""
+    tc = 0.0
+    op = opcode[i]
+    t = 0.0
+    if op == GEMM:
+        # aux = dtype code: tensor rate per SM clock, bytes per weight element, and the
+        # share of that rate a GEMM main loop sustains
+        rate = dtype_rate[aux[i]]
+        w_el = dtype_el[aux[i]]
+        a_el = 1.0 if rate > dtype_rate[0] else 2.0  # fp8/int8 GEMMs take 8-bit inputs
+        t, bm, bn, s, tc = gemm_seconds(
+            m[i],
+            n[i],
+            k[i],
+            a_el,
+            w_el,
+            rate,
+            sms,
+            f_boost,
+            f_mma,
+            dtype_eff[aux[i]],
+            hbm_bw,
+            per_sm_bw,
+            l2_bw_clk,
+            gemm_fixed,
+            gap,
+            ew_fixed,
+            p,
+            max_split,
+            bk,
+        )
+        choice[i] = bm * 1000000 + bn * 1000 + s
+    elif op == ATTN_DECODE:
+        rate = dtype_rate[0]
+        t, s = attn_decode_seconds(
+            g[i],
+            h[i],
+            aux[i],
+            m[i],
+            n[i],
+            k[i],
+            offchip[i],
+            rate,
+            sms,
+            f_boost,
+            attn_eff,
+            hbm_bw,
+            per_sm_bw,
+            attn_fixed,
+            gap,
+            ew_fixed,
+            p,
+            blk,
+            max_kv_splits,
+        )
+        choice[i] = s
+    elif op == ATTN_PREFILL:
+        t, tc = attn_prefill_seconds(
+            g[i],
+            h[i],
+            m[i],
+            n[i],
+            k[i],
+            aux[i] == 1,
+            offchip[i],
+            dtype_rate[0],
+            sms,
+            f_mma,
+            attn_eff,
+            hbm_bw,
+            attn_cta_fixed,
+            attn_fixed,
+            gap,
+            p,
+            blk,
+        )
+    elif op == ELEMENTWISE:
+        t = elementwise_seconds(
+            offchip[i] + onchip[i],
+            onchip[i] > 0.0,
+            g[i],
+            float(h[i]),
+            aux[i],
+            sms,
+            hbm_bw,
+            per_sm_bw,
+            l2_bw,
+            per_sm_l2_bw,
+            strided_l2_bw,
+            strided_hbm_bw,
+            row_bw,
+            ew_fixed,
+            gap,
+        )
+    elif op == ALL_REDUCE:
+        t = allreduce_seconds(
+            link[i], g[i], gap, ll_base, ll_hop, ll_bw, simple_base, simple_hop, nvlink_bw
+        )
+    elif op == SEND_RECV:
+        crosses_nodes = aux[i] == 1
+        lat = so_lat if crosses_nodes else ll_base
+        t = gap + lat + link[i] / (so_bw if crosses_nodes else nvlink_bw)
+    elif op == LAUNCH:
+        t = eager_gemm_launch if aux[i] == 1 else eager_launch
+    return t, tc
