@@ -353,5 +353,33 @@ def _raw_overrides(items) -> dict[str, str]:
     return out
 
 
+# ---- validate: predicted vs measured H100 cases (archsim/validate.py, docs/validation.md) ----
+@main.command()
+@click.option("--arch", default="h100-like", show_default=True, help="an h100-like preset")
+@click.option("--group", "groups", multiple=True, help="only these case groups (repeatable)")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override an arch config key, e.g. --set chip.mma_efficiency=0.7",
+)
+@click.option("--all", "show_all", is_flag=True, help="list every case, not only the summary")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+@click.option("--strict", is_flag=True, help="exit 1 if a scored case is out of tolerance")
+def validate(arch, groups, overrides, show_all, as_json, strict) -> None:
+    """Predict every measured H100 case in validation/ and report the errors."""
+    from archsim.config.arch import parse_overrides
+    from archsim.validate import print_report, run_validation
+
+    report = run_validation(arch, overrides=parse_overrides(list(overrides)), groups=list(groups))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        print_report(report, show_all=show_all)
+    if strict and report.failures:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
