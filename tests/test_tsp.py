@@ -207,3 +207,17 @@ def test_groq3_lpx_preset_extends_groq_like_and_runs_fp8():
     assert r.cycles > 0
     with pytest.raises(UnsupportedOpError, match="no fp8"):
         archsim.simulate("groq-like", "llama3-8b", precision="fp8", layers=1)
+
+
+def test_kv_cache_larger_than_a_tensor_group_is_split_by_sequences():
+    """1024 sequences x 2049 tokens of int8 KV is 537 MB per layer per chip at 8-way tensor
+    split, more than one chip holds: attention is cut by sequences across stages and the
+    plan still fits, with at least ceil(total bytes / usable SRAM) chips."""
+    p = load_arch("groq-like")
+    sc = Scenario(phase="decode", batch=1024, ctx=2048, precision=Precision.parse("int8"))
+    g = build_graph(load_model("llama3-70b"), sc)
+    plan = FAMILY.plan(g, p, None)
+    assert any(".attention.c" in op for op in plan.extra["stage_first_op"]) or any(
+        k.endswith(".attention") for k in plan.extra["op_chunks"]
+    )
+    assert plan.chips >= math.ceil(plan.need.total / usable_sram_bytes(p))

@@ -206,7 +206,8 @@ class Lowerer:
     def attention(self, op: Op, deps: list[int]) -> int:
         """softmax(Q K^T) V with the KV cache installed in the MXM as weights: K^T [d, L] and
         V [L, d] per (sequence, KV head); the query heads sharing a KV head are the rows."""
-        dim, mb = self.p.mxm.plane_dim, self.mb
+        dim = self.p.mxm.plane_dim
+        mb = max(1, math.ceil(op.dim("batch") * self.f - 1e-9))  # sequences of this micro-batch
         heads, kvh, d = op.dim("heads"), op.dim("kv_heads"), op.dim("head_dim")
         q_len, kv_len = op.dim("q_len"), op.dim("kv_len")
         rows = max(1, heads // kvh) * q_len

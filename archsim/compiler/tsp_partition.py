@@ -35,17 +35,18 @@ PACKING_GRAIN = 8
 PACKING_SLACK = 0.03
 
 
-_SPLIT_DIM = {"column": "n", "vocab": "vocab", "row": "k"}
+# the dimension each tensor-split role is sliced along when an op is cut across stages
+_SPLIT_DIM = {"column": "n", "vocab": "vocab", "row": "k", "heads": "batch"}
 
 
 def _chunk(op: Op, parts: int, j: int) -> Op:
-    """Slice ``j`` of ``parts`` of a weight op along the dimension its tensor split cuts:
-    output columns (column), vocabulary rows (vocab) or the contraction (row; slices before
-    the last emit partial sums that the next slice accumulates)."""
+    """Slice ``j`` of ``parts`` of an op along the dimension its tensor split cuts: output
+    columns (column), vocabulary rows (vocab), sequences (attention: each slice holds the KV
+    cache of its sequences) or the contraction (row: slices before the last emit partial sums
+    that the next slice accumulates)."""
     key = _SPLIT_DIM[op.tp_role]
     full = op.dim(key)
-    size = -(-full // parts)
-    width = min(size, full - j * size)
+    width = full // parts + (1 if j < full % parts else 0)  # parts <= full
     f = width / full
     shape = {**op.shape, key: width}
     if op.tp_role == "row" and j < parts - 1:
@@ -57,19 +58,22 @@ def _chunk(op: Op, parts: int, j: int) -> Op:
         flops=op.flops * f,
         params=round(op.params * f),
         weight_bytes=op.weight_bytes * f,
-        act_in_bytes=op.act_in_bytes * (f if op.tp_role == "row" else 1.0),
-        act_out_bytes=op.act_out_bytes * (f if op.tp_role == "column" else 1.0),
+        kv_read_bytes=op.kv_read_bytes * f,
+        kv_write_bytes=op.kv_write_bytes * f,
+        act_in_bytes=op.act_in_bytes * (f if op.tp_role in ("row", "heads") else 1.0),
+        act_out_bytes=op.act_out_bytes * (f if op.tp_role in ("column", "heads") else 1.0),
     )
 
 
 def wide_op_chunks(ops: list[Op], tp: int, cap: float, grain: int, wb: float) -> dict[str, int]:
-    """Weight ops whose share on one chip exceeds cap/grain, and how many slices each is cut
-    into so that slices can go to different stages (the packing grain)."""
+    """Ops whose share on one chip exceeds cap/grain, and how many slices each is cut into so
+    that slices can go to different stages (the packing grain)."""
     out = {}
     for op in ops:
         b = chip_bytes(op, tp, wb)
-        if op.tp_role in _SPLIT_DIM and op.params and b > cap / grain:
-            most = max(1, op.dim(_SPLIT_DIM[op.tp_role]) // tp)
+        if op.tp_role in _SPLIT_DIM and b > cap / grain:
+            width = op.dim(_SPLIT_DIM[op.tp_role])
+            most = width if op.tp_role == "heads" else max(1, width // tp)
             out[op.id] = min(math.ceil(b / (cap / grain)), most)
     return out
 
@@ -185,10 +189,16 @@ def _stage_layers(ops: list[Op], starts: list[int], n_layers: int) -> tuple[tupl
 
 
 def plan_sram(
-    g: nx.DiGraph, capacity_bytes: float, chips: int | None, tp_max: int, max_chips: int
+    g: nx.DiGraph,
+    capacity_bytes: float,
+    chips: int | None,
+    tp_max: int,
+    max_chips: int,
 ) -> Plan:
     """Fewest chips whose SRAM holds weights + KV + activations (``chips=None``), or the split
-    of exactly ``chips`` chips (CapacityError if it does not hold the model)."""
+    of exactly ``chips`` chips (CapacityError if it does not hold the model). The batch is
+    split into micro-batches, one per stage as far as sequences go, that follow each other
+    down the pipeline."""
     spec: ModelSpec = g.graph["model"]
     sc: Scenario = g.graph["scenario"]
     ops = ops_in_order(g)
@@ -238,7 +248,7 @@ def plan_sram(
             f"{need.weight_bytes / 1e9:.1f} GB + KV {need.kv_bytes / 1e9:.1f} GB in all) but "
             f"holds {capacity_bytes / 1e6:.1f} MB"
         )
-    n_mb = min(sc.batch, pp)
+    mb = -(-sc.batch // min(sc.batch, pp))  # one micro-batch per stage, as far as they go
     return Plan(
         tp=tp,
         pp=pp,
@@ -249,8 +259,8 @@ def plan_sram(
             "stage_first_op": [ops[i].id for i in starts],
             "op_chunks": chunks,
             "fullest_chip_bytes": capacity_bytes - cap + fullest,
-            "micro_batches": n_mb,
-            "micro_batch": -(-sc.batch // n_mb),
+            "micro_batches": -(-sc.batch // mb),
+            "micro_batch": mb,
         },
     )
 
