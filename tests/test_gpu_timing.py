@@ -1,0 +1,93 @@
+"""h100-like timing mechanisms against hand-worked formulas (h100-mechanisms.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import archsim
+from archsim.arch import get_family
+from archsim.config.arch import load_arch
+from archsim.isa import StreamBuilder
+
+F = 1.98e9  # boost clock of the preset
+
+
+def _one(opcode, **kw):
+    fam = get_family("h100-like")
+    p = load_arch("h100-like")
+    b = StreamBuilder(fam.opcodes)
+    b.add(opcode, unit="gpu0.sm", op="x", **kw)
+    cycles, choice = fam.durations_and_choices(b.build(), p)
+    return int(cycles[0]), int(choice[0])
+
+
+def test_allreduce_ring_ll_small_message_cycle_exact():
+    """16 KB over 8 GPUs takes NCCL's ring LL time: gap 1.26 us + 6.6 us + 14 hops x 0.6 us
+    + (14/8) x 16384 B / (0.5 x 370 GB/s) (Simple would pay 8.4 + 14 x 3.4 us)."""
+    t = 1.26e-6 + 6.6e-6 + 14 * 0.6e-6 + 14 / 8 * 16384 / (0.5 * 3.7e11)
+    cycles, _ = _one("all_reduce", g=8, link_bytes=16384.0)
+    assert cycles == math.ceil(t * F)
+
+
+def test_allreduce_large_message_switches_to_simple():
+    """At 256 MB the full-bandwidth Simple protocol wins over LL's half bandwidth."""
+    nbytes = 256e6
+    simple = 1.26e-6 + 8.4e-6 + 14 * 3.4e-6 + 14 / 8 * nbytes / 3.7e11
+    cycles, _ = _one("all_reduce", g=8, link_bytes=nbytes)
+    assert cycles == math.ceil(simple * F)
+
+
+def test_residual_add_l2_resident_cycle_exact():
+    """A batch-1 residual add (hidden 4096: 24 KB, 2 CTAs) served from L2: gap 1.26 us +
+    0.18 us fixed + 24576 B / (2 CTAs x 76 GB/s per SM)."""
+    t = 1.26e-6 + 1.8e-7 + 24576 / (2 * 7.6e10)
+    cycles, _ = _one("elementwise", aux=2, g=0, onchip_bytes=24576.0)
+    assert cycles == math.ceil(t * F)
+
+
+def test_rms_norm_walks_its_row():
+    """A row reduction adds row_bytes / 2.9 GB/s per row walk (one CTA per row)."""
+    base, _ = _one("elementwise", aux=1, g=0, onchip_bytes=24576.0)
+    norm, _ = _one("elementwise", aux=1, g=2, h=8192, onchip_bytes=24576.0)
+    assert abs((norm - base) / F - 8192 / 2.9e9) < 2 / F
+
+
+def test_fp8_gemm_rate_is_its_measured_efficiency():
+    """A large compute-bound GEMM in fp8 runs at 2 x 0.66 / 0.75 of the bf16 rate (MAMF: fp8
+    1.40 PF/s vs bf16 0.79 PF/s), not at twice it."""
+    shape = dict(m=8192, n=8192, k=8192)
+    bf16, _ = _one("gemm", aux=0, **shape)
+    fp8, _ = _one("gemm", aux=1, **shape)
+    assert bf16 / fp8 == pytest.approx(2 * 0.66 / 0.75, rel=0.04)
+
+
+def test_skinny_gemm_uses_64_row_tiles_and_large_uses_128_or_more():
+    """DeepGEMM/cuBLAS rule: BM = 64 only for m <= 64 (choice = BM*1e6 + BN*1e3 + split)."""
+    _, small = _one("gemm", m=16, n=4096, k=4096, aux=0)
+    _, large = _one("gemm", m=4096, n=4096, k=4096, aux=0)
+    assert small // 1_000_000 == 64
+    assert large // 1_000_000 in (128, 256)
+
+
+def test_gemv_time_is_fixed_costs_plus_weights_over_hbm():
+    """m = 1 on the 235 MB gate_up weights: 1.26 us gap + 2 us fixed + bytes / 3.03 TB/s,
+    within 2% (the activation and output bytes are the rest)."""
+    cycles, _ = _one("gemm", m=1, n=28672, k=4096, aux=0)
+    t = 1.26e-6 + 2e-6 + 28672 * 4096 * 2 / 3.03e12
+    assert cycles / F == pytest.approx(t, rel=0.02)
+
+
+def test_decode_knee_of_a_70b_layer():
+    """A llama3-70b layer's decode step is flat while the 1.7 GB of weights dominate (batch
+    64 within 20% of batch 1) and grows with batch once compute does (batch 2048 > 10x)."""
+
+    def t(b):
+        return archsim.simulate(
+            "h100-like", "llama3-70b", batch=b, ctx=1024, layers=1, chips=1
+        ).seconds
+
+    t1 = t(1)
+    assert t(64) < 1.2 * t1
+    assert t(2048) > 10 * t1
