@@ -123,12 +123,13 @@ def chip_bytes(op: Op, tp: int, wb: float) -> float:
 
 
 def op_sizes(ops: list[Op], tp: int, wb: float, chunks: dict[str, int]) -> list[float]:
-    """Per-chip bytes of each op, or of each of its slices where it is cut."""
+    """Per-chip bytes of each op, or of each of its slices where it is cut (in proportion to
+    the slice's width: the planning estimate; the final check uses the slices themselves)."""
     out = []
     for op in ops:
-        parts = chunks.get(op.id, 1)
-        pieces = [op] if parts == 1 else [_chunk(op, parts, j) for j in range(parts)]
-        out.extend(chip_bytes(x, tp, wb) for x in pieces)
+        b, parts = chip_bytes(op, tp, wb), chunks.get(op.id, 1)
+        full = op.dim(_SPLIT_DIM.get(op.tp_role, "n")) or 1
+        out.extend(b * (full // parts + (j < full % parts)) / full for j in range(parts))
     return out
 
 
@@ -218,7 +219,7 @@ def plan_sram(
         pp = chips // tp
     else:
         options = []  # (tensor degree, fewest stages)
-        for tp in tps:
+        for tp in (t for t in tps if cap_for(t) > 0):
             cut = wide_op_chunks(ops, tp, cap_for(tp), PACKING_GRAIN, wb)
             pp_min = greedy_stages(op_sizes(ops, tp, wb, cut), cap_for(tp))
             if pp_min is not None:
