@@ -32,7 +32,7 @@ from archsim.scenario import Scenario
 PACKING_GRAIN = 8
 # a tensor split that needs at most this share more chips than the fewest is preferred when
 # its degree is larger: a few % more chips for several times lower per-token latency
-PACKING_SLACK = 0.03
+PACKING_SLACK = 0.08
 
 
 # the dimension each tensor-split role is sliced along when an op is cut across stages
