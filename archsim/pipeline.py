@@ -103,11 +103,14 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
     time_by_bound = {b: float(secs[critical & (cls == i)].sum()) for i, b in enumerate(BOUNDS)}
     bound = max(time_by_bound, key=time_by_bound.get)
     by_kind: dict[str, float] = {}
+    kind_bounds: dict[str, np.ndarray] = {}
     op_kind = extra.pop("op_kind_of_op", None)
     for i in np.nonzero(critical)[0]:
         name = stream.op_names[stream.op[i]]
         kind = op_kind[name] if op_kind else name.rsplit(".", 1)[-1]
         by_kind[kind] = by_kind.get(kind, 0.0) + float(secs[i])
+        kind_bounds.setdefault(kind, np.zeros(len(BOUNDS)))[cls[i]] += secs[i]
+    bound_by_kind = {k: BOUNDS[int(np.argmax(v))] for k, v in kind_bounds.items()}
 
     flops = float(stream.flops.sum()) * ranks
     busy = {u: float(b) / max(tl.cycles, 1) for u, b in zip(tl.unit_names, tl.busy, strict=True)}
@@ -148,6 +151,7 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
         bound=bound,
         time_by_bound=time_by_bound,
         time_by_op_kind=by_kind,
+        bound_by_op_kind=bound_by_kind,
         extra=extra,
         meta={
             "archsim_version": __version__,

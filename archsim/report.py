@@ -75,9 +75,10 @@ def result_table(r: Result) -> None:
     b.add_column("op")
     b.add_column("time", justify="right")
     b.add_column("share", justify="right")
+    b.add_column("bound")
     total = sum(v for _, v in kinds) or 1.0
     for name, v in kinds:
-        b.add_row(name, _time(v), f"{100 * v / total:.1f} %")
+        b.add_row(name, _time(v), f"{100 * v / total:.1f} %", r.bound_by_op_kind.get(name, ""))
     console.print(b)
 
 

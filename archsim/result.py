@@ -59,6 +59,7 @@ class Result:
     bound: str  # what limits the step: compute | memory | communication | overhead
     time_by_bound: dict[str, float]  # seconds of the critical stream in each class
     time_by_op_kind: dict[str, float]
+    bound_by_op_kind: dict[str, str]  # what limits each op kind on the critical path
     extra: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     # not serialised: the stream and timeline, for traces

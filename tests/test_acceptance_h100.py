@@ -80,3 +80,13 @@ def test_tensor_parallel_splits_weight_time():
     t2 = archsim.simulate("h100-like", "llama3-70b", batch=1, ctx=1024, chips=2).seconds
     t8 = archsim.simulate("h100-like", "llama3-70b", batch=1, ctx=1024, chips=8).seconds
     assert t8 < t2 < 4 * t8
+
+
+def test_bound_by_op_kind_follows_arithmetic_intensity():
+    """At batch 1 a projection does 1 FLOP per weight byte (far below the ~300 FLOP/B ridge
+    of 989 TFLOP/s / 3.35 TB/s): memory-bound. A 4096-token prefill does ~4096 FLOP/B:
+    compute-bound."""
+    dec = archsim.simulate("h100-like", "llama3-8b", batch=1, ctx=512, layers=1)
+    pre = archsim.simulate("h100-like", "llama3-8b", phase="prefill", seq=4096, layers=1)
+    assert dec.bound_by_op_kind["gate_up_proj"] == "memory"
+    assert pre.bound_by_op_kind["gate_up_proj"] == "compute"
