@@ -35,6 +35,20 @@ def _layers(value: str) -> int | None:
     return n
 
 
+def _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides) -> dict[str, Any]:
+    """The keyword arguments of archsim.simulate from the shared scenario options."""
+    return dict(
+        phase=phase,
+        batch=batch,
+        ctx=ctx,
+        seq=seq,
+        layers=_layers(layers),
+        precision=precision,
+        chips=chips,
+        overrides=list(overrides),
+    )
+
+
 def scenario_options(f):
     """Options shared by run and compare."""
     opts = [
@@ -161,16 +175,7 @@ def run(
     from archsim.report import result_table
 
     result = simulate(
-        arch,
-        model,
-        phase=phase,
-        batch=batch,
-        ctx=ctx,
-        seq=seq,
-        layers=_layers(layers),
-        precision=precision,
-        chips=chips,
-        overrides=list(overrides),
+        arch, model, **_scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
     )
     if trace_path or perfetto_path:
         from archsim.trace import export_perfetto, read_trace, write_trace
@@ -200,22 +205,12 @@ def compare(
     from archsim.report import compare_table
 
     names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+    scenario = _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
     rows: list[dict[str, Any]] = []
     for name in names:
         click.echo(f"simulating {name} ...", err=True)
         try:
-            r = simulate(
-                name,
-                model,
-                phase=phase,
-                batch=batch,
-                ctx=ctx,
-                seq=seq,
-                layers=_layers(layers),
-                precision=precision,
-                chips=chips,
-                overrides=list(overrides),
-            )
+            r = simulate(name, model, **scenario)
             rows.append(r.to_dict())
         except ArchsimError as exc:  # one machine's refusal does not stop the comparison
             rows.append({"arch": name, "error": str(exc)})
