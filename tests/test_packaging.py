@@ -23,8 +23,11 @@ def test_data_dirs_found_from_source_tree():
 @pytest.mark.slow
 def test_wheel_carries_configs_and_workloads(tmp_path):
     """`pip wheel` puts every arch config and workload under archsim/_data/."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-                    str(ROOT)], check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=600,
+    )
     (wheel,) = tmp_path.glob("archsim-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for folder in ("arch_configs", "workloads"):
