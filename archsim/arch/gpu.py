@@ -232,7 +232,7 @@ class GpuFamily(Family):
     def durations_and_choices(self, stream: InstructionStream, p: GpuParams):
         from archsim.arch.gpu_timing import gpu_durations
 
-        c, m, k, ln = p.chip, p.memory, p.kernel, p.links
+        c = p.chip
         # per DTYPE_CODE: bf16, fp8, int8, int4 (W4A16 dequantises to bf16 in the main loop)
         rate = np.array(
             [
@@ -261,38 +261,48 @@ class GpuFamily(Family):
             rate,
             el,
             eff,
-            c.sms,
-            c.boost_clock_hz,
-            c.sustained_clock_hz,
-            c.boost_window_s,
-            c.attention_mma_efficiency,
-            m.hbm_bw_bytes_per_s,
-            m.per_sm_bw_bytes_per_s,
-            m.l2_bw_bytes_per_clk,
-            m.per_sm_l2_bw_bytes_per_s,
-            m.strided_l2_bw_bytes_per_s,
-            m.strided_hbm_bw_bytes_per_s,
-            m.norm_row_bw_bytes_per_s,
-            k.graph_launch_gap_s,
-            k.eager_launch_s,
-            k.eager_gemm_launch_s,
-            k.gemm_fixed_s,
-            k.elementwise_fixed_s,
-            k.attention_fixed_s,
-            k.attention_cta_fixed_s,
-            k.overlap_exponent,
-            k.max_split_k,
-            k.gemm_tile_k,
-            k.attention_block,
-            k.max_kv_splits,
-            ln.nvlink_bw_bytes_per_s,
-            ln.allreduce_base_s,
-            ln.allreduce_hop_s,
-            ln.allreduce_ll_bw_fraction * ln.nvlink_bw_bytes_per_s,
-            ln.allreduce_simple_base_s,
-            ln.allreduce_simple_hop_s,
-            ln.scaleout_bw_bytes_per_s,
-            ln.scaleout_latency_s,
+            self.timing(p),
+        )
+
+    @staticmethod
+    def timing(p: GpuParams):
+        """The config's scalars as the one record the numba kernels take."""
+        from archsim.arch.gpu_timing import GpuTiming
+
+        c, m, k, ln = p.chip, p.memory, p.kernel, p.links
+        return GpuTiming(
+            sms=c.sms,
+            f_boost=c.boost_clock_hz,
+            f_sust=c.sustained_clock_hz,
+            boost_window=c.boost_window_s,
+            attn_eff=c.attention_mma_efficiency,
+            hbm_bw=m.hbm_bw_bytes_per_s,
+            per_sm_bw=m.per_sm_bw_bytes_per_s,
+            l2_bw_clk=m.l2_bw_bytes_per_clk,
+            per_sm_l2_bw=m.per_sm_l2_bw_bytes_per_s,
+            strided_l2_bw=m.strided_l2_bw_bytes_per_s,
+            strided_hbm_bw=m.strided_hbm_bw_bytes_per_s,
+            row_bw=m.norm_row_bw_bytes_per_s,
+            gap=k.graph_launch_gap_s,
+            eager_launch=k.eager_launch_s,
+            eager_gemm_launch=k.eager_gemm_launch_s,
+            gemm_fixed=k.gemm_fixed_s,
+            ew_fixed=k.elementwise_fixed_s,
+            attn_fixed=k.attention_fixed_s,
+            attn_cta_fixed=k.attention_cta_fixed_s,
+            p=k.overlap_exponent,
+            max_split=k.max_split_k,
+            bk=k.gemm_tile_k,
+            blk=k.attention_block,
+            max_kv_splits=k.max_kv_splits,
+            nvlink_bw=ln.nvlink_bw_bytes_per_s,
+            ll_base=ln.allreduce_base_s,
+            ll_hop=ln.allreduce_hop_s,
+            ll_bw=ln.allreduce_ll_bw_fraction * ln.nvlink_bw_bytes_per_s,
+            simple_base=ln.allreduce_simple_base_s,
+            simple_hop=ln.allreduce_simple_hop_s,
+            so_bw=ln.scaleout_bw_bytes_per_s,
+            so_lat=ln.scaleout_latency_s,
         )
 
     def peak(self, p: GpuParams, precision_weights: str) -> dict[str, float]:

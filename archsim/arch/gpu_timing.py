@@ -8,6 +8,7 @@ Equations and sources: docs/arch/h100-like.md and shared/reference/h100-mechanis
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,6 +16,46 @@ from archsim._numba import njit
 
 # opcodes (the order of GpuFamily.opcodes)
 GEMM, ATTN_DECODE, ATTN_PREFILL, ELEMENTWISE, ALL_REDUCE, SEND_RECV, LAUNCH = range(7)
+
+
+class GpuTiming(NamedTuple):
+    """Every scalar the kernels need, resolved from the h100-like config (GpuFamily.timing).
+
+    One typed record instead of dozens of positional arguments; numba compiles and caches a
+    NamedTuple argument like a tuple."""
+
+    sms: int
+    f_boost: float  # Hz, clock of short and memory-bound kernels
+    f_sust: float  # Hz, power-capped clock
+    boost_window: float  # s of compute-bound kernels per step before the cap applies
+    attn_eff: float
+    hbm_bw: float  # B/s
+    per_sm_bw: float  # B/s
+    l2_bw_clk: float  # B per clock, whole chip
+    per_sm_l2_bw: float  # B/s
+    strided_l2_bw: float  # B/s
+    strided_hbm_bw: float  # B/s
+    row_bw: float  # B/s
+    gap: float  # s
+    eager_launch: float  # s
+    eager_gemm_launch: float  # s
+    gemm_fixed: float  # s
+    ew_fixed: float  # s
+    attn_fixed: float  # s
+    attn_cta_fixed: float  # s
+    p: float  # overlap exponent
+    max_split: int
+    bk: int
+    blk: int
+    max_kv_splits: int
+    nvlink_bw: float  # B/s
+    ll_base: float  # s
+    ll_hop: float  # s
+    ll_bw: float  # B/s
+    simple_base: float  # s
+    simple_hop: float  # s
+    so_bw: float  # B/s
+    so_lat: float  # s
 
 
 @njit
@@ -273,51 +314,7 @@ def allreduce_seconds(nbytes, ranks, gap, ll_base, ll_hop, ll_bw, simple_base, s
 
 @njit
 def gpu_durations(
-    opcode,
-    m,
-    n,
-    k,
-    g,
-    h,
-    aux,
-    offchip,
-    onchip,
-    link,
-    dtype_rate,
-    dtype_el,
-    dtype_eff,
-    sms,
-    f_boost,
-    f_sust,
-    boost_window,
-    attn_eff,
-    hbm_bw,
-    per_sm_bw,
-    l2_bw_clk,
-    per_sm_l2_bw,
-    strided_l2_bw,
-    strided_hbm_bw,
-    row_bw,
-    gap,
-    eager_launch,
-    eager_gemm_launch,
-    gemm_fixed,
-    ew_fixed,
-    attn_fixed,
-    attn_cta_fixed,
-    p,
-    max_split,
-    bk,
-    blk,
-    max_kv_splits,
-    nvlink_bw,
-    ll_base,
-    ll_hop,
-    ll_bw,
-    simple_base,
-    simple_hop,
-    so_bw,
-    so_lat,
+    opcode, m, n, k, g, h, aux, offchip, onchip, link, dtype_rate, dtype_el, dtype_eff, q
 ):
     """Cycles (at the boost clock) of every instruction, and the choice made (tile/split).
 
@@ -330,13 +327,12 @@ def gpu_durations(
     n_ins = opcode.shape[0]
     cycles = np.zeros(n_ins, dtype=np.int64)
     choice = np.zeros(n_ins, dtype=np.int64)
-    l2_bw = l2_bw_clk * f_boost
     # Clock: a run of tensor-saturated kernels longer than boost_window pulls the SM clock
     # down to the power-capped sustained clock (h100-mechanisms §1.1). Pass 0 times the step
     # at boost and adds up its tensor-bound time; pass 1 (only if that exceeds the window)
     # retimes it at the sustained clock.
     for clock_pass in range(2):
-        f_mma = f_boost if clock_pass == 0 else f_sust
+        f_mma = q.f_boost if clock_pass == 0 else q.f_sust
         hot = 0.0
         for i in range(n_ins):
             t, c = _one(
@@ -354,44 +350,14 @@ def gpu_durations(
                 dtype_rate,
                 dtype_el,
                 dtype_eff,
-                sms,
-                f_boost,
+                q,
                 f_mma,
-                attn_eff,
-                hbm_bw,
-                per_sm_bw,
-                l2_bw_clk,
-                l2_bw,
-                per_sm_l2_bw,
-                strided_l2_bw,
-                strided_hbm_bw,
-                row_bw,
-                gap,
-                eager_launch,
-                eager_gemm_launch,
-                gemm_fixed,
-                ew_fixed,
-                attn_fixed,
-                attn_cta_fixed,
-                p,
-                max_split,
-                bk,
-                blk,
-                max_kv_splits,
-                nvlink_bw,
-                ll_base,
-                ll_hop,
-                ll_bw,
-                simple_base,
-                simple_hop,
-                so_bw,
-                so_lat,
                 choice,
             )
             if c >= 0.5 * t:
                 hot += t
-            cycles[i] = math.ceil(t * f_boost)
-        if hot <= boost_window:
+            cycles[i] = math.ceil(t * q.f_boost)
+        if hot <= q.boost_window:
             break
     return cycles, choice
 
@@ -412,41 +378,12 @@ def _one(
     dtype_rate,
     dtype_el,
     dtype_eff,
-    sms,
-    f_boost,
+    q,
     f_mma,
-    attn_eff,
-    hbm_bw,
-    per_sm_bw,
-    l2_bw_clk,
-    l2_bw,
-    per_sm_l2_bw,
-    strided_l2_bw,
-    strided_hbm_bw,
-    row_bw,
-    gap,
-    eager_launch,
-    eager_gemm_launch,
-    gemm_fixed,
-    ew_fixed,
-    attn_fixed,
-    attn_cta_fixed,
-    p,
-    max_split,
-    bk,
-    blk,
-    max_kv_splits,
-    nvlink_bw,
-    ll_base,
-    ll_hop,
-    ll_bw,
-    simple_base,
-    simple_hop,
-    so_bw,
-    so_lat,
     choice,
 ):
     """Seconds of instruction ``i`` and the part of it that is tensor-core time."""
+    l2_bw = q.l2_bw_clk * q.f_boost  # B/s
     tc = 0.0
     op = opcode[i]
     t = 0.0
@@ -463,19 +400,19 @@ def _one(
             a_el,
             w_el,
             rate,
-            sms,
-            f_boost,
+            q.sms,
+            q.f_boost,
             f_mma,
             dtype_eff[aux[i]],
-            hbm_bw,
-            per_sm_bw,
-            l2_bw_clk,
-            gemm_fixed,
-            gap,
-            ew_fixed,
-            p,
-            max_split,
-            bk,
+            q.hbm_bw,
+            q.per_sm_bw,
+            q.l2_bw_clk,
+            q.gemm_fixed,
+            q.gap,
+            q.ew_fixed,
+            q.p,
+            q.max_split,
+            q.bk,
         )
         choice[i] = bm * 1000000 + bn * 1000 + s
     elif op == ATTN_DECODE:
@@ -489,17 +426,17 @@ def _one(
             k[i],
             offchip[i],
             rate,
-            sms,
-            f_boost,
-            attn_eff,
-            hbm_bw,
-            per_sm_bw,
-            attn_fixed,
-            gap,
-            ew_fixed,
-            p,
-            blk,
-            max_kv_splits,
+            q.sms,
+            q.f_boost,
+            q.attn_eff,
+            q.hbm_bw,
+            q.per_sm_bw,
+            q.attn_fixed,
+            q.gap,
+            q.ew_fixed,
+            q.p,
+            q.blk,
+            q.max_kv_splits,
         )
         choice[i] = s
     elif op == ATTN_PREFILL:
@@ -512,15 +449,15 @@ def _one(
             aux[i] == 1,
             offchip[i],
             dtype_rate[0],
-            sms,
+            q.sms,
             f_mma,
-            attn_eff,
-            hbm_bw,
-            attn_cta_fixed,
-            attn_fixed,
-            gap,
-            p,
-            blk,
+            q.attn_eff,
+            q.hbm_bw,
+            q.attn_cta_fixed,
+            q.attn_fixed,
+            q.gap,
+            q.p,
+            q.blk,
         )
     elif op == ELEMENTWISE:
         t = elementwise_seconds(
@@ -529,25 +466,33 @@ def _one(
             g[i],
             float(h[i]),
             aux[i],
-            sms,
-            hbm_bw,
-            per_sm_bw,
+            q.sms,
+            q.hbm_bw,
+            q.per_sm_bw,
             l2_bw,
-            per_sm_l2_bw,
-            strided_l2_bw,
-            strided_hbm_bw,
-            row_bw,
-            ew_fixed,
-            gap,
+            q.per_sm_l2_bw,
+            q.strided_l2_bw,
+            q.strided_hbm_bw,
+            q.row_bw,
+            q.ew_fixed,
+            q.gap,
         )
     elif op == ALL_REDUCE:
         t = allreduce_seconds(
-            link[i], g[i], gap, ll_base, ll_hop, ll_bw, simple_base, simple_hop, nvlink_bw
+            link[i],
+            g[i],
+            q.gap,
+            q.ll_base,
+            q.ll_hop,
+            q.ll_bw,
+            q.simple_base,
+            q.simple_hop,
+            q.nvlink_bw,
         )
     elif op == SEND_RECV:
         crosses_nodes = aux[i] == 1
-        lat = so_lat if crosses_nodes else ll_base
-        t = gap + lat + link[i] / (so_bw if crosses_nodes else nvlink_bw)
+        lat = q.so_lat if crosses_nodes else q.ll_base
+        t = q.gap + lat + link[i] / (q.so_bw if crosses_nodes else q.nvlink_bw)
     elif op == LAUNCH:
-        t = eager_gemm_launch if aux[i] == 1 else eager_launch
+        t = q.eager_gemm_launch if aux[i] == 1 else q.eager_launch
     return t, tc
