@@ -14,12 +14,12 @@ then ``archsim validate`` picks the file up (validation/measured/*.json). What i
 
 The model code mirrors what archsim lowers with the default h100-like software stack
 (arch_configs/h100-like.yaml, ``kernel.*_kernels``): F.rms_norm (one kernel), fused qkv and
-fused gate_up GEMMs (torch.matmul -> cuBLAS), RoPE as one kernel per q and k
-(complex multiply, as gpt-fast), the new K/V written into a static cache with index_copy_
-(two kernels), attention by F.scaled_dot_product_attention (flash backend, GQA via
-enable_gqa; decode q_len = 1), o_proj, residual add, silu(gate) * up on chunks of the
-gate_up output (two kernels), down_proj, residual add; final norm and the lm_head on the last
-position only. Weights are random bf16 (timing does not depend on values).
+fused gate_up GEMMs (torch.matmul -> cuBLAS), RoPE over the q and k heads together (cast,
+complex multiply, cast back: three kernels), the new K/V written into a static cache with
+index_copy_ (two kernels), attention by F.scaled_dot_product_attention (flash backend, GQA
+via enable_gqa; decode q_len = 1), o_proj, residual add, silu(gate) * up on chunks of the
+gate_up output (two kernels), down_proj, residual add; final norm and the lm_head on the
+last position only. Weights are random bf16 (timing does not depend on values).
 
 Cold L2: decode graphs cycle through enough distinct copies of each layer's weights that
 nothing stays in the 50 MB L2 between layers -- as in a real model, every layer has its own
@@ -84,9 +84,11 @@ def layer_forward(L, x, cache_k, cache_v, pos, freqs, cfg):
     b, s, _ = x.shape
     y = F.rms_norm(x, (h,), L.attn_norm, EPS)
     qkv = torch.matmul(y, L.wqkv)
-    q, k, v = qkv.split([nh * d, nkv * d, nkv * d], dim=-1)
-    q = rope(q.view(b, s, nh, d), freqs)
-    k = rope(k.view(b, s, nkv, d), freqs)
+    # RoPE once over the q and k heads together: 3 kernels (cast to fp32, complex multiply,
+    # cast back) -- kernel.rope_kernels in arch_configs/h100-like.yaml
+    qk = rope(qkv[..., : (nh + nkv) * d].view(b, s, nh + nkv, d), freqs)
+    q, k = qk[:, :, :nh], qk[:, :, nh:]
+    v = qkv[..., (nh + nkv) * d :]
     cache_k.index_copy_(2, pos, k.transpose(1, 2))
     cache_v.index_copy_(2, pos, v.view(b, s, nkv, d).transpose(1, 2))
     n = cache_k.shape[2]  # decode: ctx + 1 slots, all filled; prefill: exactly the prompt
