@@ -311,13 +311,16 @@ def _stream_op(kind: str, nbytes: int):
               act_in_bytes=nbytes / 2, act_out_bytes=nbytes / 2)  # fmt: skip
 
 
-def predict(case: Case, family, params) -> float:
+def predict(
+    case: Case, family, params, arch: str = "h100-like", overrides: dict[str, Any] | None = None
+) -> float:
+    """Predicted seconds of one case (``arch``/``overrides`` rebuild whole-model runs)."""
     p, k = case.params, params.kernel
     if case.kind == "model":
-        from archsim.simulate import simulate
+        from archsim.pipeline import simulate
 
         return simulate(
-            params.name,
+            arch,
             p["model"],
             phase=p.get("phase", "decode"),
             batch=int(p.get("batch", 1)),
@@ -326,7 +329,7 @@ def predict(case: Case, family, params) -> float:
             layers=p.get("layers"),
             precision=p.get("precision", "bf16"),
             chips=p.get("chips", 1),
-            overrides=_overrides_of(params),
+            overrides=dict(overrides or {}),
         ).seconds
     if case.kind == "gemm":
         from archsim.arch.gpu import DTYPE_CODE
@@ -372,10 +375,6 @@ def predict(case: Case, family, params) -> float:
     raise ArchsimError(f"validation case {case.id}: unknown kind {case.kind!r}")
 
 
-def _overrides_of(params) -> dict[str, Any]:
-    return dict(getattr(params, "_validate_overrides", {}) or {})
-
-
 def run_validation(
     arch: str = "h100-like",
     cases: list[Case] | None = None,
@@ -388,14 +387,13 @@ def run_validation(
     params = load_arch(arch, overrides or {})
     if params.family != "h100-like":
         raise ArchsimError(f"validation cases are H100 measurements; {arch!r} is not h100-like")
-    object.__setattr__(params, "_validate_overrides", overrides or {})
     family = get_family(params.family)
     cases = load_cases() if cases is None else cases
     if groups:
         cases = [c for c in cases if c.group in groups]
     report = Report(arch=arch)
     for c in cases:
-        t = predict(c, family, params)
+        t = predict(c, family, params, arch, overrides)
         report.outcomes.append(Outcome(c, t, t / c.measured_s - 1.0))
     return report
 

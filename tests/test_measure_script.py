@@ -1,0 +1,107 @@
+"""The H100 measuring script and the path its output takes through `archsim validate`.
+
+The script itself needs a GPU; here it must import without torch, plan every held-out kind
+over the stated ranges, and its case format must be predicted by the whole-model path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+import archsim
+from archsim.paths import data_dir
+from archsim.validate import _case, load_cases, predict, run_validation
+
+
+@pytest.fixture(scope="module")
+def script():
+    path = data_dir("validation") / "measure_h100.py"
+    spec = importlib.util.spec_from_file_location("measure_h100", path)
+    mod = importlib.util.module_from_spec(spec)
+    blocked = sys.modules.get("torch", None)
+    sys.modules["torch"] = None  # importing torch would now fail: the script must not
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        if blocked is None:
+            del sys.modules["torch"]
+        else:
+            sys.modules["torch"] = blocked
+    return mod
+
+
+def test_plan_covers_the_held_out_ranges(script):
+    """8b decode batch 1..512 x ctx 512..8192, 8b prefill 512..8192, 70b layer decode batch
+    1..2048 and prefill 16..16384 -- both in the full and the --quick plan."""
+    for quick in (False, True):
+        cases = dict(script.plan(quick))
+        dec = [p for i, p in cases.items() if i.startswith("8b_decode")]
+        assert {min(p["batch"] for p in dec), max(p["batch"] for p in dec)} == {1, 512}
+        assert {min(p["ctx"] for p in dec), max(p["ctx"] for p in dec)} == {512, 8192}
+        pre = [p["seq"] for i, p in cases.items() if i.startswith("8b_prefill")]
+        assert min(pre) == 512 and max(pre) == 8192
+        l70 = [p for i, p in cases.items() if i.startswith("70b_layer_decode")]
+        assert min(p["batch"] for p in l70) == 1 and max(p["batch"] for p in l70) >= 1024
+        assert all(p["layers"] == 1 for p in l70)
+        lp = [p["seq"] for i, p in cases.items() if i.startswith("70b_layer_prefill")]
+        assert min(lp) == 16 and max(lp) == 16384
+
+
+def test_measured_case_is_predicted_by_the_whole_model_path(tmp_path):
+    """A case in the script's output format predicts exactly what `archsim run` gives."""
+    params = {
+        "model": "llama3-8b",
+        "phase": "decode",
+        "batch": 4,
+        "ctx": 512,
+        "layers": None,
+        "chips": 1,
+        "precision": "bf16",
+    }
+    doc = {
+        "source": "[M] synthetic",
+        "cases": [
+            {
+                "id": "8b_decode/b4/ctx512",
+                "group": "8b_decode",
+                "kind": "model",
+                "timing": "graph",
+                "params": params,
+                "measured_s": 0.0065,
+                "tolerance": 0.1,
+                "scored": True,
+            }
+        ],
+    }
+    (tmp_path / "measured").mkdir()
+    (tmp_path / "measured" / "h100_steps.json").write_text(json.dumps(doc))
+    cases = [c for c in load_cases(tmp_path) if c.kind == "model"]
+    assert len(cases) == 1
+    run = archsim.simulate("h100-like", "llama3-8b", batch=4, ctx=512, chips=1)
+    from archsim.arch import get_family
+    from archsim.config import load_arch
+
+    got = predict(cases[0], get_family("h100-like"), load_arch("h100-like"))
+    assert got == run.seconds
+    report = run_validation(cases=cases)
+    assert report.outcomes[0].error == pytest.approx(run.seconds / 0.0065 - 1)
+
+
+def test_overrides_reach_whole_model_predictions():
+    """`validate --set` changes whole-model predictions too (doubling HBM bandwidth speeds a
+    weight-bound batch-1 step)."""
+    case = _case(
+        {
+            "id": "x",
+            "kind": "model",
+            "params": {"model": "llama3-8b", "batch": 1, "ctx": 256, "chips": 1},
+            "measured_s": 0.006,
+        },
+        "synthetic",
+    )
+    base = run_validation(cases=[case]).outcomes[0].predicted_s
+    fast = run_validation(cases=[case], overrides={"memory.hbm_bw_bytes_per_s": 6e12})
+    assert fast.outcomes[0].predicted_s < 0.8 * base
