@@ -83,23 +83,30 @@ def result_table(r: Result) -> None:
 
 
 def compare_table(rows: list[dict[str, Any]]) -> None:
+    """One row per architecture; refusals (with their reason) are listed under the table."""
     t = Table(title="archsim compare")
-    for col in ("arch", "chips", "step time", "tokens/s", "tokens/s/user", "bound", "note"):
+    cols = ("arch", "chips", "step time", "tokens/s", "tokens/s/user", "tokens/s/chip", "bound")
+    for col in cols:
         t.add_column(col)
+    refused = []
     for r in rows:
         if "error" in r:
-            t.add_row(r["arch"], "-", "-", "-", "-", "-", r["error"])
-        else:
-            t.add_row(
-                r["arch"],
-                str(r["chips"]),
-                _time(r["seconds"]),
-                f"{r['tokens_per_s']:,.1f}",
-                f"{r['tokens_per_s_per_user']:,.1f}",
-                r["bound"],
-                "",
-            )
-    Console().print(t)
+            t.add_row(r["arch"], *["-"] * (len(cols) - 2), "refused")
+            refused.append(f"{r['arch']}: {r['error']}")
+            continue
+        t.add_row(
+            r["arch"],
+            str(r["chips"]),
+            _time(r["seconds"]),
+            f"{r['tokens_per_s']:,.1f}",
+            f"{r['tokens_per_s_per_user']:,.1f}",
+            f"{r['tokens_per_s'] / r['chips']:,.1f}",
+            r["bound"],
+        )
+    console = Console()
+    console.print(t)
+    for line in refused:
+        console.print(line, soft_wrap=True)
 
 
 def trace_summary(tr: dict[str, Any]) -> None:
