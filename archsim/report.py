@@ -85,7 +85,7 @@ def result_table(r: Result) -> None:
 def compare_table(rows: list[dict[str, Any]]) -> None:
     """One row per architecture; refusals (with their reason) are listed under the table."""
     t = Table(title="archsim compare")
-    cols = ("arch", "chips", "step time", "tokens/s", "tokens/s/user", "tokens/s/chip", "bound")
+    cols = ("arch", "chips", "step time", "tok/s", "tok/s/user", "tok/s/chip", "bound")
     for col in cols:
         t.add_column(col)
     refused = []
