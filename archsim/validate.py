@@ -28,6 +28,7 @@ measured; MAPE and the worst case are taken over scored cases.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,22 @@ class Case:
 @dataclass
 class Outcome:
     case: Case
-    predicted_s: float
-    error: float  # signed relative error
+    predicted_s: float  # nan when archsim refused the case
+    error: float  # signed relative error; nan when refused
+    refused: str = ""  # archsim's one-line reason for not simulating a measured case
 
     @property
     def ok(self) -> bool:
-        return abs(self.error) <= self.case.tolerance
+        return not self.refused and abs(self.error) <= self.case.tolerance
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self.case)
-        d.update(predicted_s=self.predicted_s, error=self.error, ok=self.ok)
+        d.update(
+            predicted_s=None if self.refused else self.predicted_s,
+            error=None if self.refused else self.error,
+            ok=self.ok,
+            refused=self.refused,
+        )
         return d
 
 
@@ -81,12 +88,17 @@ class Report:
 
     @property
     def mape(self) -> float:
-        s = self.scored
+        s = self.predicted
         return float(np.mean([abs(o.error) for o in s])) if s else 0.0
 
     @property
+    def predicted(self) -> list[Outcome]:
+        """Scored cases archsim simulated (a refused case has no error to average)."""
+        return [o for o in self.scored if not o.refused]
+
+    @property
     def worst(self) -> Outcome | None:
-        s = self.scored
+        s = self.predicted
         return max(s, key=lambda o: abs(o.error)) if s else None
 
     @property
@@ -97,12 +109,15 @@ class Report:
         out: dict[str, dict[str, float]] = {}
         for o in self.scored:
             g = out.setdefault(o.case.group, {"cases": 0, "mape": 0.0, "worst": 0.0, "fail": 0})
+            if o.refused:
+                g["fail"] += 1
+                continue
             g["cases"] += 1
             g["mape"] += abs(o.error)
             g["worst"] = max(g["worst"], abs(o.error))
             g["fail"] += 0 if o.ok else 1
         for g in out.values():
-            g["mape"] /= g["cases"]
+            g["mape"] = g["mape"] / g["cases"] if g["cases"] else 0.0
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +129,7 @@ class Report:
             "mape": self.mape,
             "worst": w.to_dict() if w else None,
             "out_of_tolerance": [o.case.id for o in self.failures],
+            "refused": {o.case.id: o.refused for o in self.outcomes if o.refused},
             "groups": self.groups(),
             "outcomes": [o.to_dict() for o in self.outcomes],
         }
@@ -329,7 +345,9 @@ def predict(
             layers=p.get("layers"),
             precision=p.get("precision", "bf16"),
             chips=p.get("chips", 1),
-            overrides=dict(overrides or {}),
+            # the measuring harness allocates exactly weights + KV + activations: a case that
+            # ran fits in all of HBM, without a serving engine's reserve
+            overrides={"memory.hbm_usable_fraction": 1.0, **(overrides or {})},
         ).seconds
     if case.kind == "gemm":
         from archsim.arch.gpu import DTYPE_CODE
@@ -393,7 +411,11 @@ def run_validation(
         cases = [c for c in cases if c.group in groups]
     report = Report(arch=arch)
     for c in cases:
-        t = predict(c, family, params, arch, overrides)
+        try:
+            t = predict(c, family, params, arch, overrides)
+        except ArchsimError as exc:  # e.g. a measured case archsim thinks cannot fit
+            report.outcomes.append(Outcome(c, math.nan, math.nan, refused=str(exc)))
+            continue
         report.outcomes.append(Outcome(c, t, t / c.measured_s - 1.0))
     return report
 
@@ -427,12 +449,15 @@ def print_report(report: Report, show_all: bool = False) -> None:
             c.add_row(
                 o.case.id,
                 _us(o.case.measured_s),
-                _us(o.predicted_s),
-                f"{o.error:+.1%}",
+                "-" if o.refused else _us(o.predicted_s),
+                "refused" if o.refused else f"{o.error:+.1%}",
                 f"{o.case.tolerance:.0%}",
                 flag,
             )
         console.print(c)
+    for o in report.outcomes:
+        if o.refused:
+            console.print(f"{o.case.id}: refused: {o.refused}", soft_wrap=True)
     w = report.worst
     if w is not None:
         console.print(

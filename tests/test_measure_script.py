@@ -105,3 +105,48 @@ def test_overrides_reach_whole_model_predictions():
     base = run_validation(cases=[case]).outcomes[0].predicted_s
     fast = run_validation(cases=[case], overrides={"memory.hbm_bw_bytes_per_s": 6e12})
     assert fast.outcomes[0].predicted_s < 0.8 * base
+
+
+def test_refused_measured_case_is_reported_not_fatal():
+    """A measured case archsim cannot simulate (here: 405B on one GPU) is listed as refused
+    with its reason; the other cases are still predicted and averaged."""
+    ok = _case(
+        {
+            "id": "ok",
+            "kind": "model",
+            "params": {"model": "llama3-8b", "batch": 1, "ctx": 256, "chips": 1},
+            "measured_s": 0.006,
+        },
+        "synthetic",
+    )
+    bad = _case(
+        {
+            "id": "bad",
+            "kind": "model",
+            "params": {"model": "llama3-405b", "chips": 1},
+            "measured_s": 0.1,
+        },
+        "synthetic",
+    )
+    report = run_validation(cases=[ok, bad])
+    assert report.to_dict()["refused"].keys() == {"bad"}
+    assert "does not fit" in report.to_dict()["refused"]["bad"]
+    assert [o.case.id for o in report.failures if o.refused] == ["bad"]
+    assert report.worst.case.id == "ok" and report.mape == abs(report.outcomes[0].error)
+    json.dumps(report.to_dict(), allow_nan=False)  # valid JSON: no NaN for refused cases
+
+
+def test_measured_cases_may_use_all_of_hbm():
+    """A case that ran on the GPU fits its 85.0 GB: batch 448 x 1025 tokens of llama3-8b
+    (60.2 GB KV + 16.1 GB weights = 76.3 GB) is over a serving engine's 90% reserve
+    (76.5 GB usable leaves no room for activations) but is predicted in validation."""
+    case = _case(
+        {
+            "id": "b448",
+            "kind": "model",
+            "params": {"model": "llama3-8b", "batch": 448, "ctx": 1024, "chips": 1},
+            "measured_s": 0.03,
+        },
+        "synthetic",
+    )
+    assert not run_validation(cases=[case]).outcomes[0].refused
