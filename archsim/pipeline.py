@@ -38,12 +38,26 @@ def _seconds(amount: np.ndarray, rate: float) -> np.ndarray:
     return amount / rate if rate > 0 else np.zeros_like(amount, dtype=np.float64)
 
 
-def classify(stream, duration: np.ndarray, peak: dict[str, float], clock_hz: float):
+def onchip_ceiling(stream, peak: dict) -> np.ndarray | None:
+    """Per-instruction on-chip bandwidth ceiling (B/s): ``peak["onchip_bytes_per_s"]``, or a
+    tighter one for the opcodes in ``peak["onchip_bytes_per_s_by_opcode"]`` (a unit fed by
+    a narrower path than the whole SRAM, e.g. one MXM plane's weight streams)."""
+    if "onchip_bytes_per_s" not in peak:
+        return None
+    rate = np.full(len(stream), float(peak["onchip_bytes_per_s"]))
+    for name, bw in peak.get("onchip_bytes_per_s_by_opcode", {}).items():
+        if name in stream.opcode_names:
+            rate[stream.opcode == stream.opcode_names.index(name)] = bw
+    return rate
+
+
+def classify(stream, duration: np.ndarray, peak: dict, clock_hz: float):
     """Per instruction: (ideal compute, memory, link seconds) and its bound class index."""
     t_c = _seconds(stream.flops, peak["flops_per_s"])
     t_m = _seconds(stream.offchip_bytes, peak["offchip_bytes_per_s"])
-    if "onchip_bytes_per_s" in peak:
-        t_m = np.maximum(t_m, _seconds(stream.onchip_bytes, peak["onchip_bytes_per_s"]))
+    onchip = onchip_ceiling(stream, peak)
+    if onchip is not None:
+        t_m = np.maximum(t_m, stream.onchip_bytes / onchip)
     t_l = _seconds(stream.link_bytes, peak["link_bytes_per_s"])
     ideal = np.stack([t_c, t_m, t_l])
     cls = np.argmax(ideal, axis=0)

@@ -68,11 +68,12 @@ class TspFamily(Family):
 
         return partition_sram(g, plan)
 
-    def peak(self, p: TspParams, precision_weights: str) -> dict[str, float]:
+    def peak(self, p: TspParams, precision_weights: str) -> dict[str, Any]:
         """Ceilings a roofline holds each instruction to: the chip's MXM MACs x 2 at the weights'
-        rate; on chip, the weight feed of one MXM plane (its weight streams x 320 B per cycle),
-        which is what a weight-streaming pass is bound by (the SRAM itself serves more,
-        ``sram_read_bytes_per_s``); all links of a chip, one direction. No off-chip memory."""
+        rate; on chip, every MEM slice reading and writing one vector per cycle — and, tighter,
+        for an MXM pass the weight feed of its plane (its weight streams x 320 B per cycle),
+        which is what a weight-streaming pass is bound by; all links of a chip, one direction.
+        No off-chip memory."""
         c, x = p.chip, p.mxm
         rate = {"int8": x.int8_rate_fraction, "fp8": x.fp8_rate_fraction}.get(
             precision_weights, x.fp16_rate_fraction
@@ -81,7 +82,10 @@ class TspFamily(Family):
         return {
             "flops_per_s": x.planes * x.plane_dim**2 * 2.0 * rate * c.clock_hz,
             "offchip_bytes_per_s": 0.0,
-            "onchip_bytes_per_s": x.weight_streams_per_plane * c.vector_bytes * c.clock_hz,
+            "onchip_bytes_per_s": self.sram_bytes_per_s(p),
+            "onchip_bytes_per_s_by_opcode": {
+                "mxm": x.weight_streams_per_plane * c.vector_bytes * c.clock_hz
+            },
             "link_bytes_per_s": p.links.links_per_chip * p.links.link_bw_bytes_per_s,
         }
 
@@ -90,6 +94,13 @@ class TspFamily(Family):
         """Every MEM slice reading one vector per cycle."""
         m = p.mem
         return m.slices * m.reads_per_slice_per_cycle * p.chip.vector_bytes * p.chip.clock_hz
+
+    @staticmethod
+    def sram_bytes_per_s(p: TspParams) -> float:
+        """Every MEM slice reading and writing its vectors each cycle (both ports)."""
+        m = p.mem
+        per_cycle = m.reads_per_slice_per_cycle + m.writes_per_slice_per_cycle
+        return m.slices * per_cycle * p.chip.vector_bytes * p.chip.clock_hz
 
     # ---- compile: lower + schedule -----------------------------------------------------------
     def lower(self, g: nx.DiGraph, plan: Plan, p: TspParams, sc: Scenario) -> InstructionStream:

@@ -29,6 +29,7 @@ class TspMem(Section):
     slices: int = field("MEM slices (both hemispheres)")
     code_slices: int = field("MEM slices reserved for instructions", gt=None, ge=0)
     reads_per_slice_per_cycle: int = field("320-B vector reads one slice serves per cycle")
+    writes_per_slice_per_cycle: int = field("320-B vector writes one slice accepts per cycle")
     read_latency_cycles: int = field(
         "Read issue -> vector on the slice's stream register", unit="cycles", gt=None, ge=0
     )
