@@ -98,10 +98,13 @@ def simulate(
     clock = family.clock_hz(params)
     seconds = family.step_seconds(tl, plan, params, sc)
     extra = family.summarize(stream, tl, plan, params, sc)
-    return _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra)
+    roles = {name: d["op"].role for name, d in pg.nodes(data=True)}
+    return _result(
+        arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra, roles
+    )
 
 
-def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra):
+def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra, roles):
     tokens = sc.tokens
     ranks = plan.tp * plan.dp  # chips that mirror each simulated one
     per_stream_tokens = extra.pop("tokens_in_flight", tokens)
@@ -118,10 +121,9 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
     bound = max(time_by_bound, key=time_by_bound.get)
     by_kind: dict[str, float] = {}
     kind_bounds: dict[str, np.ndarray] = {}
-    op_kind = extra.pop("op_kind_of_op", None)
     for i in np.nonzero(critical)[0]:
         name = stream.op_names[stream.op[i]]
-        kind = op_kind[name] if op_kind else name.rsplit(".", 1)[-1]
+        kind = roles.get(name, name)  # the op's role in its layer (qkv_proj, all_reduce, ...)
         by_kind[kind] = by_kind.get(kind, 0.0) + float(secs[i])
         kind_bounds.setdefault(kind, np.zeros(len(BOUNDS)))[cls[i]] += secs[i]
     bound_by_kind = {k: BOUNDS[int(np.argmax(v))] for k, v in kind_bounds.items()}

@@ -99,3 +99,39 @@ def test_moe_refused_cleanly():
     """MoE models parse but are refused with a ModelError until MoE simulation lands."""
     with pytest.raises(ModelError, match="mixture-of-experts"):
         build_graph(load_model("mixtral-8x7b"), Scenario())
+
+
+def test_op_roles_for_breakdowns():
+    """An op's role drops the layer prefix and slice suffixes; comm ops go by their kind."""
+    from archsim.graph.ops import Op
+
+    assert Op("L3.qkv_proj", OpKind.MATMUL, 3).role == "qkv_proj"
+    assert Op("L3.gate_up_proj.c2", OpKind.MATMUL, 3).role == "gate_up_proj"
+    assert Op("lm_head", OpKind.MATMUL, 80).role == "lm_head"
+    assert Op("L3.down_proj.c1.all_reduce", OpKind.ALL_REDUCE, 3).role == "all_reduce"
+    assert Op("L9.ffn_residual.send_s1", OpKind.SEND_RECV, 9).role == "send_recv"
+
+
+@pytest.mark.parametrize("arch", ["h100-like", "groq-like"])
+def test_breakdown_uses_roles(arch):
+    """Every family's time_by_op_kind is keyed by the same layer roles."""
+    import archsim
+
+    r = archsim.simulate(arch, "llama3-8b", batch=2, ctx=64, layers=2)
+    roles = {
+        "attn_norm",
+        "qkv_proj",
+        "rope",
+        "attention",
+        "o_proj",
+        "attn_residual",
+        "ffn_norm",
+        "gate_up_proj",
+        "act",
+        "down_proj",
+        "ffn_residual",
+        "all_reduce",
+        "send_recv",
+    }
+    assert set(r.time_by_op_kind) <= roles
+    assert {"qkv_proj", "attention", "down_proj"} <= set(r.time_by_op_kind)

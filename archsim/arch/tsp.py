@@ -11,7 +11,6 @@ per-token latency; pipelining many micro-batches sets system throughput (``summa
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import networkx as nx
@@ -37,14 +36,6 @@ def link_cycles(p: TspParams) -> tuple[int, int]:
     c, ln = p.chip, p.links
     ser = serialise_cycles(c.vector_bytes, c.clock_hz, ln.link_bw_bytes_per_s)
     return ser, round(ln.link_latency_s * c.clock_hz)
-
-
-def op_kind(op_name: str) -> str:
-    """``L3.down_proj.c1.all_reduce`` -> all_reduce, ``L3.gate_up_proj.c2`` -> gate_up_proj."""
-    if ".send_s" in op_name:
-        return "send_recv"
-    parts = [x for x in op_name.split(".") if not re.fullmatch(r"c\d+", x)]
-    return parts[-1]
 
 
 @register_arch("groq-like")
@@ -168,7 +159,6 @@ class TspFamily(Family):
         per_round = n_mb * plan.tp  # copies of the simulated work done in one round
         vxm_units = [i for i, u in enumerate(stream.unit_names) if u.endswith(".vxm")]
         mxm_units = [i for i, u in enumerate(stream.unit_names) if ".mxm" in u]
-        kinds = {name: op_kind(name) for name in stream.op_names}
         return {
             "nodes": nodes,
             "racks": math.ceil(nodes / s.nodes_per_rack),
@@ -187,7 +177,7 @@ class TspFamily(Family):
             "fullest_chip_bytes": plan.extra.get("fullest_chip_bytes"),
             "sram_bw_used_bytes_per_s": float(stream.onchip_bytes.sum()) * n_mb / plan.pp / round_s,
             "sram_bw_peak_bytes_per_s": self.sram_read_bytes_per_s(p),
-            "mxm_feed_peak_bytes_per_s": peak["onchip_bytes_per_s"] * p.mxm.planes,
+            "mxm_feed_peak_bytes_per_s": peak["onchip_bytes_per_s_by_opcode"]["mxm"] * p.mxm.planes,
             "mxm_utilization": float(stream.flops.sum())
             * per_round
             / (peak["flops_per_s"] * plan.chips * round_s),
@@ -199,5 +189,4 @@ class TspFamily(Family):
             * per_round
             / round_s
             / (plan.chips * p.links.links_per_chip * p.links.link_bw_bytes_per_s),
-            "op_kind_of_op": kinds,
         }

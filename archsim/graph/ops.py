@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+_LAYER_PREFIX = re.compile(r"^L\d+\.")
+_SLICE_SUFFIX = re.compile(r"(\.c\d+)+$")
 
 
 class OpKind(StrEnum):
@@ -59,3 +63,11 @@ class Op:
 
     def dim(self, key: str) -> int:
         return int(self.shape.get(key, 0))
+
+    @property
+    def role(self) -> str:
+        """What the op is in the layer, for breakdowns: ``L3.qkv_proj`` -> qkv_proj, a slice
+        ``L3.gate_up_proj.c2`` -> gate_up_proj; communication ops by their kind."""
+        if self.kind in (OpKind.ALL_REDUCE, OpKind.SEND_RECV):
+            return self.kind.value
+        return _SLICE_SUFFIX.sub("", _LAYER_PREFIX.sub("", self.id))
