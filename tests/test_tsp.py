@@ -221,3 +221,11 @@ def test_kv_cache_larger_than_a_tensor_group_is_split_by_sequences():
         k.endswith(".attention") for k in plan.extra["op_chunks"]
     )
     assert plan.chips >= math.ceil(plan.need.total / usable_sram_bytes(p))
+
+
+def test_reported_ceilings_are_hand_counts():
+    """Summary ceilings from the v1 datasheet figures: MXM weight feed 4 planes x 16 streams
+    x 320 B x 0.9 GHz = 18.432 TB/s; SRAM reads 88 slices x 320 B x 0.9 GHz = 25.344 TB/s."""
+    r = archsim.simulate("groq-like", "llama3-8b", batch=1, ctx=64, layers=1)
+    assert r.extra["mxm_feed_peak_bytes_per_s"] == pytest.approx(4 * 16 * 320 * 0.9e9)
+    assert r.extra["sram_bw_peak_bytes_per_s"] == pytest.approx(88 * 320 * 0.9e9)
