@@ -16,6 +16,13 @@ from archsim.paths import data_dir
 from archsim.validate import _case, load_cases, predict, run_validation
 
 
+def _model_case(case_id: str, measured_s: float, **params):
+    """A whole-model case in the measuring script's output format (one GPU unless given)."""
+    raw = {"id": case_id, "kind": "model", "params": {"chips": 1, **params},
+           "measured_s": measured_s}  # fmt: skip
+    return _case(raw, "synthetic")
+
+
 @pytest.fixture(scope="module")
 def script():
     path = data_dir("validation") / "measure_h100.py"
@@ -93,15 +100,7 @@ def test_measured_case_is_predicted_by_the_whole_model_path(tmp_path):
 def test_overrides_reach_whole_model_predictions():
     """`validate --set` changes whole-model predictions too (doubling HBM bandwidth speeds a
     weight-bound batch-1 step)."""
-    case = _case(
-        {
-            "id": "x",
-            "kind": "model",
-            "params": {"model": "llama3-8b", "batch": 1, "ctx": 256, "chips": 1},
-            "measured_s": 0.006,
-        },
-        "synthetic",
-    )
+    case = _model_case("x", 0.006, model="llama3-8b", batch=1, ctx=256)
     base = run_validation(cases=[case]).outcomes[0].predicted_s
     fast = run_validation(cases=[case], overrides={"memory.hbm_bw_bytes_per_s": 6e12})
     assert fast.outcomes[0].predicted_s < 0.8 * base
@@ -110,24 +109,8 @@ def test_overrides_reach_whole_model_predictions():
 def test_refused_measured_case_is_reported_not_fatal():
     """A measured case archsim cannot simulate (here: 405B on one GPU) is listed as refused
     with its reason; the other cases are still predicted and averaged."""
-    ok = _case(
-        {
-            "id": "ok",
-            "kind": "model",
-            "params": {"model": "llama3-8b", "batch": 1, "ctx": 256, "chips": 1},
-            "measured_s": 0.006,
-        },
-        "synthetic",
-    )
-    bad = _case(
-        {
-            "id": "bad",
-            "kind": "model",
-            "params": {"model": "llama3-405b", "chips": 1},
-            "measured_s": 0.1,
-        },
-        "synthetic",
-    )
+    ok = _model_case("ok", 0.006, model="llama3-8b", batch=1, ctx=256)
+    bad = _model_case("bad", 0.1, model="llama3-405b")
     report = run_validation(cases=[ok, bad])
     assert report.to_dict()["refused"].keys() == {"bad"}
     assert "does not fit" in report.to_dict()["refused"]["bad"]
@@ -140,13 +123,5 @@ def test_measured_cases_may_use_all_of_hbm():
     """A case that ran on the GPU fits its 85.0 GB: batch 448 x 1025 tokens of llama3-8b
     (60.2 GB KV + 16.1 GB weights = 76.3 GB) is over a serving engine's 90% reserve
     (76.5 GB usable leaves no room for activations) but is predicted in validation."""
-    case = _case(
-        {
-            "id": "b448",
-            "kind": "model",
-            "params": {"model": "llama3-8b", "batch": 448, "ctx": 1024, "chips": 1},
-            "measured_s": 0.03,
-        },
-        "synthetic",
-    )
+    case = _model_case("b448", 0.03, model="llama3-8b", batch=448, ctx=1024)
     assert not run_validation(cases=[case]).outcomes[0].refused

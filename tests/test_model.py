@@ -47,51 +47,40 @@ def test_unknown_model_lists_valid_names():
         load_model("gpt-17")
 
 
-def test_hf_config_json(tmp_path):
-    """A Hugging Face config.json maps onto the same spec as the shipped YAML."""
-    cfg = {
-        "hidden_size": 4096,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "intermediate_size": 14336,
-        "vocab_size": 128256,
-        "hidden_act": "silu",
-        "tie_word_embeddings": False,
-        "max_position_embeddings": 131072,
-    }
+# Llama-3.1-8B's Hugging Face config.json (the fields archsim reads)
+HF_LLAMA3_8B = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 131072,
+}
+
+
+def _hf(tmp_path, cfg):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
-    spec = load_model(str(path))
-    ref = load_model("llama3-8b")
-    for key in (
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "head_dim",
-        "intermediate_size",
-        "vocab_size",
-        "attention",
-    ):
+    return load_model(str(path))
+
+
+def test_hf_config_json(tmp_path):
+    """A Hugging Face config.json maps onto the same spec as the shipped YAML."""
+    spec, ref = _hf(tmp_path, HF_LLAMA3_8B), load_model("llama3-8b")
+    for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "intermediate_size", "vocab_size", "attention"):  # fmt: skip
         assert getattr(spec, key) == getattr(ref, key), key
 
 
 def test_hf_config_moe(tmp_path):
     """An HF Mixtral config yields an MoE spec (num_local_experts, num_experts_per_tok)."""
-    cfg = {
-        "hidden_size": 4096,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "intermediate_size": 14336,
-        "vocab_size": 32000,
-        "num_local_experts": 8,
-        "num_experts_per_tok": 2,
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg))
-    assert load_model(str(path)).moe.num_experts == 8
+    mixtral = {**HF_LLAMA3_8B, "vocab_size": 32000, "num_local_experts": 8,
+               "num_experts_per_tok": 2}  # fmt: skip
+    spec = _hf(tmp_path, mixtral)
+    assert spec.moe.num_experts == 8 and spec.moe.experts_per_token == 2
 
 
 @pytest.mark.parametrize(
