@@ -83,3 +83,19 @@ def test_every_yaml_number_has_a_source():
             nested = line.startswith(" ")  # hardware values live in sections, not name/family
             if nested and ":" in body and any(c.isdigit() for c in body.split(":", 1)[1]):
                 assert "#" in line, f"{path.name}: no source for: {line.strip()}"
+
+
+def test_families_register_themselves():
+    """Every family module in archsim/arch registers by name; a YAML naming an unknown family
+    is a ConfigError listing the registered ones."""
+    from archsim.arch import family_names
+
+    assert {"h100-like", "groq-like"} <= set(family_names())
+
+
+def test_unknown_family_in_yaml(tmp_path):
+    """`family: warp-drive` in a YAML is refused with the registered families listed."""
+    bad = tmp_path / "x.yaml"
+    bad.write_text("family: warp-drive\n")
+    with pytest.raises(ConfigError, match="registered: .*groq-like.*h100-like"):
+        load_arch(str(bad))

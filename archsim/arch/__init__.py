@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 
 from archsim.arch.base import Family
@@ -10,8 +11,7 @@ from archsim.errors import ConfigError
 
 _REGISTRY: dict[str, type[Family]] = {}
 
-# Modules that define families; imported on first lookup (keeps `archsim --help` instant).
-FAMILY_MODULES = ("archsim.arch.gpu", "archsim.arch.tsp")
+_loaded = False
 
 
 def register_arch(name: str) -> Callable[[type[Family]], type[Family]]:
@@ -26,12 +26,15 @@ def register_arch(name: str) -> Callable[[type[Family]], type[Family]]:
 
 
 def _load_all() -> None:
-    for module in FAMILY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Import every module of this package once, so each family registers itself: a new
+    family is one module here plus its YAML (done on first lookup, keeping `--help` fast)."""
+    global _loaded
+    if _loaded:
+        return
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+    _loaded = True
 
 
 def family_names() -> list[str]:
