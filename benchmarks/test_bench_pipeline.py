@@ -1,5 +1,6 @@
-"""Speed of the pipeline on h100-like: lowering (Python: graph, partition, lower) and the
-cycle model (numba: kernel durations + event engine) timed apart.
+"""Speed of the pipeline (h100-like and groq-like): lowering (Python: graph, partition,
+lower, and for groq-like the static schedule) and the cycle model (numba: durations + event
+engine) timed apart.
 
 Target (issue 2): once JIT-compiled, a whole llama3-70b decode step simulates in well under
 a second. Run: pytest benchmarks/ --benchmark-columns=min,mean,max
@@ -17,21 +18,23 @@ from archsim.model import load_model
 from archsim.scenario import Scenario
 
 CASES = {
-    "llama3-70b-decode-b1": dict(phase="decode", batch=1, ctx=2048),
-    "llama3-70b-prefill-8192": dict(phase="prefill", batch=1, seq=8192),
+    "h100-like/llama3-70b-decode-b1": ("h100-like", dict(phase="decode", batch=1, ctx=2048)),
+    "h100-like/llama3-70b-prefill-8192": ("h100-like", dict(phase="prefill", batch=1, seq=8192)),
+    "groq-like/llama3-70b-decode-b1": ("groq-like", dict(phase="decode", batch=1, ctx=2048)),
 }
 
 
 def _lower(case):
-    p = load_arch("h100-like")
+    arch, scenario = CASES[case]
+    p = load_arch(arch)
     fam = get_family(p.family)
-    g = build_graph(load_model("llama3-70b"), Scenario(**CASES[case]))
+    g = build_graph(load_model("llama3-70b"), Scenario(**scenario))
     plan = fam.plan(g, p, None)
     return fam, p, fam.lower(fam.partition(g, plan), plan, p, g.graph["scenario"])
 
 
 def _cycle_model(fam, p, stream):
-    return simulate_stream(stream, fam.durations(stream, p)).cycles
+    return simulate_stream(stream, fam.durations(stream, p), fam.strict_static).cycles
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -57,6 +60,7 @@ def test_end_to_end(benchmark, case):
     import archsim
 
     benchmark.group = case
-    archsim.simulate("h100-like", "llama3-70b", **CASES[case])
-    r = benchmark(archsim.simulate, "h100-like", "llama3-70b", **CASES[case])
+    arch, scenario = CASES[case]
+    archsim.simulate(arch, "llama3-70b", **scenario)
+    r = benchmark(archsim.simulate, arch, "llama3-70b", **scenario)
     assert r.seconds > 0
