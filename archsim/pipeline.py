@@ -105,14 +105,18 @@ def simulate(
 
 
 def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra, roles):
-    tokens = sc.tokens
     ranks = plan.tp * plan.dp  # chips that mirror each simulated one
-    per_stream_tokens = extra.pop("tokens_in_flight", tokens)
-    tps = per_stream_tokens / seconds
+    # A family may simulate a part of the step (one micro-batch of a pipeline) and say how
+    # many copies of it make the whole step and how often steps follow each other at load;
+    # by default the stream is the step and the step time is its period.
+    copies = float(extra.pop("step_copies", 1))
+    period = float(extra.pop("step_period_s", seconds))
+    tps = sc.tokens / period
     user_tps = sc.new_tokens_per_seq / seconds if sc.phase == "prefill" else 1.0 / seconds
 
-    tier_bytes = {name: float(stream.cols[col].sum()) * ranks for col, name in family.tiers.items()}
-    bw = {name: b / ranks / plan.pp / seconds for name, b in tier_bytes.items()}
+    scale = ranks * copies
+    tier_bytes = {name: float(stream.cols[col].sum()) * scale for col, name in family.tiers.items()}
+    bw = {name: b / plan.chips / period for name, b in tier_bytes.items()}
     peak = family.peak(params, sc.precision.weights)
     ideal, cls = classify(stream, tl.duration, peak, clock)
     critical = _critical_path(stream, tl)
@@ -128,10 +132,10 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
         kind_bounds.setdefault(kind, np.zeros(len(BOUNDS)))[cls[i]] += secs[i]
     bound_by_kind = {k: BOUNDS[int(np.argmax(v))] for k, v in kind_bounds.items()}
 
-    flops = float(stream.flops.sum()) * ranks
+    flops = float(stream.flops.sum()) * scale
     busy = {u: float(b) / max(tl.cycles, 1) for u, b in zip(tl.unit_names, tl.busy, strict=True)}
     util = {
-        "compute": flops / (peak["flops_per_s"] * seconds * plan.chips),
+        "compute": flops / (peak["flops_per_s"] * period * plan.chips),
         "offchip_bw": bw[family.tiers["offchip_bytes"]] / peak["offchip_bytes_per_s"]
         if peak["offchip_bytes_per_s"]
         else 0.0,

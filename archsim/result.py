@@ -29,7 +29,11 @@ def git_revision() -> str:
 
 @dataclass
 class Result:
-    """One step of one model on one machine. Byte and FLOP totals cover all chips."""
+    """One step of one model on one machine: every sequence of the batch advances (decode) or
+    its prompt is processed (prefill). ``seconds`` is one sequence's latency through the step;
+    byte and FLOP totals cover the whole batch on all chips; bandwidths and utilisations are
+    per chip at load (for a pipelined machine the steps overlap: tokens_per_s is the batch
+    over the period between steps)."""
 
     arch: str
     family: str

@@ -51,3 +51,24 @@ def test_step_at_least_its_busiest_unit(arch):
     r = archsim.simulate(arch, "llama3-8b", batch=2, ctx=128, layers=2)
     assert r.cycles >= int(r.timeline.busy.max())
     assert r.cycles == int(r.timeline.end.max())
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_step_work_is_the_models_not_the_machines(batch):
+    """A step's FLOPs are the model's: equal on every family (groq-like simulates one
+    micro-batch and scales it by the micro-batches of a round, which may round the batch up
+    to a whole number of micro-batches, e.g. 3 x 22 = 66 for 64 sequences; its slices also
+    round their widths up to whole columns, under 0.1%), and equal to the graph's count."""
+    from archsim.graph import build_graph, graph_totals
+    from archsim.model import load_model
+    from archsim.scenario import Scenario
+
+    kw = dict(phase="decode", batch=batch, ctx=128, layers=2)
+    expected = graph_totals(
+        build_graph(load_model("llama3-8b"), Scenario(batch=batch, ctx=128), layers=2)
+    ).flops
+    gpu = archsim.simulate("h100-like", "llama3-8b", **kw)
+    tsp = archsim.simulate("groq-like", "llama3-8b", **kw)
+    assert gpu.flops == pytest.approx(expected, rel=1e-9)
+    served = tsp.extra["micro_batches"] * tsp.extra["micro_batch"]
+    assert expected <= tsp.flops * (1 + 1e-9) <= expected * served / batch * (1 + 1e-3)

@@ -170,6 +170,8 @@ class TspFamily(Family):
             "micro_batch": int(plan.extra.get("micro_batch", sc.batch)),
             "round_s": round_s,
             "tokens_in_flight": sc.tokens * latency / round_cycles,
+            "step_copies": n_mb,  # the stream is one micro-batch; a round serves them all
+            "step_period_s": round_s,
             "tokens_per_s_per_user_at_load": sc.new_tokens_per_seq / round_s,
             "pipeline_full": bool(n_mb * occ.max() >= latency),
             "sram_bytes_per_chip": p.chip.sram_bytes,
