@@ -34,7 +34,6 @@ class GpuChip(Section):
         "fraction of tensor-core peak a FlashAttention main loop sustains (softmax shares the SM)",
         le=1,
     )
-    smem_bytes_per_sm: int = field("shared memory per SM usable by one CTA", unit="B")
 
 
 class GpuMemory(Section):
@@ -137,7 +136,7 @@ class GpuLinks(Section):
 
 
 class GpuPower(Section):
-    tdp_w: float = field("board power limit", unit="W")
+    tdp_w: float = field("board power limit (informational: no output uses it yet)", unit="W")
 
 
 class GpuParams(ArchParams):

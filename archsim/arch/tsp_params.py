@@ -18,11 +18,14 @@ class TspChip(Section):
     superlane_skew_cycles: int = field(
         "cycles between superlane s and s+1 executing the same instruction", unit="cycles"
     )
-    streams_per_direction: int = field("stream registers flowing east (and as many west)")
+    streams_per_direction: int = field(
+        "stream registers flowing east (and as many west); informational: the limit is not "
+        "modelled (docs/arch/groq-like.md)"
+    )
     stream_hop_slices: int = field("functional slices crossed per stream-register stage")
     stream_hop_cycles: int = field("cycles per stream-register stage", unit="cycles")
     sram_bytes: float = field("on-chip SRAM (all MEM slices), the only memory", unit="B")
-    tdp_w: float = field("chip power", unit="W")
+    tdp_w: float = field("chip power (informational: no output uses it yet)", unit="W")
 
 
 class TspMem(Section):

@@ -22,11 +22,6 @@ MXM, VXM, SXM, MEM, C2C = range(5)
 MODE_INT8, MODE_FP8, MODE_FP16 = range(3)
 
 
-def hop_cycles(slices: int, hop_slices: int, hop_cycles_per_stage: int) -> int:
-    """Cycles for a vector to cross ``slices`` functional slices on the stream registers."""
-    return -(-slices // hop_slices) * hop_cycles_per_stage
-
-
 def serialise_cycles(vector_bytes: int, clock_hz: float, link_bw: float) -> int:
     """Cycles one link needs to put one vector on the wire."""
     return math.ceil(vector_bytes * clock_hz / link_bw - 1e-9)
