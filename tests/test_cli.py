@@ -119,6 +119,9 @@ def test_trace_round_trip(tmp_path):
     archsim("trace", "export", str(h5), "--perfetto", str(pf))
     events = json.loads(pf.read_text())["traceEvents"]
     assert sum(e["ph"] == "X" for e in events) == n
+    # Trace Event Format: integer pid/tid, processes named by metadata
+    assert all(isinstance(e["pid"], int) for e in events)
+    assert {e["args"]["name"] for e in events if e["name"] == "process_name"} == {"gpu0"}
 
 
 def test_trace_into_missing_folder_is_clean(tmp_path):

@@ -14,24 +14,25 @@ def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
     ev, names, attrs = trace["events"], trace["names"], trace["attrs"]
     us_per_cycle = 1e6 / float(attrs["clock_hz"])
     units, op_names, opcodes = names["units"], names["ops"], names["opcodes"]
+    # integer process (chip) and thread (unit) ids, named by metadata events
+    chips: dict[str, int] = {}
+    pid_of_unit = []
     events: list[dict[str, Any]] = []
     for u, unit in enumerate(units):
         chip, _, lane = unit.partition(".")
-        events.append(
-            {
-                "ph": "M",
-                "name": "thread_name",
-                "pid": chip,
-                "tid": u,
-                "args": {"name": lane or unit},
-            }
-        )
+        if chip not in chips:
+            chips[chip] = len(chips)
+            events.append({"ph": "M", "name": "process_name", "pid": chips[chip],
+                           "args": {"name": chip}})  # fmt: skip
+        pid_of_unit.append(chips[chip])
+        events.append({"ph": "M", "name": "thread_name", "pid": chips[chip], "tid": u,
+                       "args": {"name": lane or unit}})  # fmt: skip
     for i in range(len(ev["start"])):
         u = int(ev["unit"][i])
         events.append(
             {
                 "ph": "X",
-                "pid": units[u].partition(".")[0],
+                "pid": pid_of_unit[u],
                 "tid": u,
                 "name": f"{op_names[int(ev['op'][i])]}:{opcodes[int(ev['opcode'][i])]}",
                 "ts": float(ev["start"][i]) * us_per_cycle,
@@ -39,7 +40,10 @@ def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
                 "args": {
                     "layer": int(ev["layer"][i]),
                     "offchip_bytes": float(ev["offchip_bytes"][i]),
+                    "onchip_bytes": float(ev["onchip_bytes"][i]),
+                    "link_bytes": float(ev["link_bytes"][i]),
                     "flops": float(ev["flops"][i]),
+                    "cycles": [int(ev["start"][i]), int(ev["end"][i])],
                 },
             }
         )
