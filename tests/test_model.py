@@ -110,3 +110,16 @@ def test_missing_config_file():
     """A config path that does not exist is a ModelError, not a traceback."""
     with pytest.raises(ModelError, match="not found"):
         load_model("/nonexistent/config.json")
+
+
+def test_hf_config_mla_deepseek(tmp_path):
+    """A DeepSeek-V3 config.json (kv_lora_rank, n_routed_experts, first_k_dense_replace) maps
+    onto the shipped deepseek-v3 spec's MLA and MoE blocks."""
+    cfg = {"hidden_size": 7168, "num_hidden_layers": 61, "num_attention_heads": 128,
+           "num_key_value_heads": 128, "intermediate_size": 18432, "vocab_size": 129280,
+           "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+           "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 256,
+           "num_experts_per_tok": 8, "n_shared_experts": 1, "moe_intermediate_size": 2048,
+           "first_k_dense_replace": 3}  # fmt: skip
+    spec, ref = _hf(tmp_path, cfg), load_model("deepseek-v3")
+    assert spec.attention == "mla" and spec.mla == ref.mla and spec.moe == ref.moe
