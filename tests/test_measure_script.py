@@ -125,3 +125,43 @@ def test_measured_cases_may_use_all_of_hbm():
     (76.5 GB usable leaves no room for activations) but is predicted in validation."""
     case = _model_case("b448", 0.03, model="llama3-8b", batch=448, ctx=1024)
     assert not run_validation(cases=[case]).outcomes[0].refused
+
+
+def test_main_saves_every_case_and_resumes(script, tmp_path, monkeypatch):
+    """The measuring loop (GPU calls stubbed): results are on disk after every case, a
+    missing output folder is created, a case that fails is skipped, and a rerun after a kill
+    measures only what is missing."""
+    import types
+
+    class OOM(RuntimeError):
+        pass
+
+    fake = types.SimpleNamespace(
+        __version__="0.0", version=types.SimpleNamespace(cuda="0"),
+        cuda=types.SimpleNamespace(
+            is_available=lambda: True, empty_cache=lambda: None, OutOfMemoryError=OOM,
+            get_device_properties=lambda i: types.SimpleNamespace(
+                name="fake", multi_processor_count=132)))  # fmt: skip
+    monkeypatch.setattr(script, "_torch", lambda: fake)
+    calls = []
+
+    def measure(model, phase, batch, length, layers, iters):
+        calls.append((model, phase, batch, length, layers))
+        if model == "llama3-70b" and batch == 1024:
+            raise OOM("too big")
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # the device's time limit, mid-run
+        return 1e-3 * batch
+
+    monkeypatch.setattr(script, "measure", measure)
+    out = tmp_path / "new" / "steps.json"
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--quick", "--out", str(out)])
+    first = json.loads(out.read_text())["cases"]
+    assert len(first) == 4  # the four cases before the kill were kept
+    assert script.main(["--quick", "--out", str(out)]) == 0
+    ids = [c["id"] for c in json.loads(out.read_text())["cases"]]
+    planned = [cid for cid, _ in script.plan(True)]
+    assert ids[:4] == [c["id"] for c in first]  # not measured twice
+    assert len(ids) == len(set(ids)) == len(planned) - 1  # all but the OOM case
+    assert len(calls) == len(planned) + 1  # the killed case was retried once

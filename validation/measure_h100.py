@@ -221,6 +221,17 @@ def plan(quick: bool):
         )
 
 
+def _save(path, doc) -> None:
+    """Write ``doc`` atomically (a killed run leaves the previous complete file)."""
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="validation/measured/h100_steps.json")
@@ -233,9 +244,19 @@ def main(argv=None) -> int:
         print("measure_h100.py: no CUDA device", file=sys.stderr)
         return 2
     props = torch.cuda.get_device_properties(0)
-    cases = []
+    doc = {
+        "source": f"[M] validation/measure_h100.py on {props.name} ({props.multi_processor_count}"
+        f" SMs), PyTorch {torch.__version__}, CUDA {torch.version.cuda}",
+        "cases": [],
+    }
+    try:  # resume: keep the cases an earlier (killed) run already measured
+        with open(args.out) as fh:
+            doc["cases"] = json.load(fh)["cases"]
+    except (OSError, ValueError, KeyError):
+        pass
+    done = {c["id"] for c in doc["cases"]}
     for cid, p in plan(args.quick):
-        if args.only and not cid.startswith(args.only):
+        if cid in done or (args.only and not cid.startswith(args.only)):
             continue
         t0 = time.time()
         length = p.get("ctx") if p["phase"] == "decode" else p["seq"]
@@ -245,11 +266,14 @@ def main(argv=None) -> int:
             print(f"{cid}: out of memory, skipped", file=sys.stderr)
             torch.cuda.empty_cache()
             continue
-        group = cid.split("/")[0]
-        cases.append(
+        except RuntimeError as exc:  # e.g. no SDPA kernel for a shape: skip, keep the rest
+            print(f"{cid}: failed ({str(exc).splitlines()[0]}), skipped", file=sys.stderr)
+            torch.cuda.empty_cache()
+            continue
+        doc["cases"].append(
             {
                 "id": cid,
-                "group": group,
+                "group": cid.split("/")[0],
                 "kind": "model",
                 "timing": "graph" if p["phase"] == "decode" else "eager",
                 "params": {**p, "chips": 1, "precision": "bf16"},
@@ -258,16 +282,10 @@ def main(argv=None) -> int:
                 "scored": True,
             }
         )
+        _save(args.out, doc)  # after every case: a time limit never loses finished work
         print(f"{cid}: {secs * 1e3:.3f} ms ({time.time() - t0:.0f} s)", file=sys.stderr)
         torch.cuda.empty_cache()
-    doc = {
-        "source": f"[M] validation/measure_h100.py on {props.name} ({props.multi_processor_count}"
-        f" SMs), PyTorch {torch.__version__}, CUDA {torch.version.cuda}",
-        "cases": cases,
-    }
-    with open(args.out, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    print(f"wrote {len(cases)} cases to {args.out}", file=sys.stderr)
+    print(f"{len(doc['cases'])} cases in {args.out}", file=sys.stderr)
     return 0
 
 
