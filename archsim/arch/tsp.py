@@ -11,6 +11,7 @@ per-token latency; pipelining many micro-batches sets system throughput (``summa
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import networkx as nx
@@ -38,6 +39,10 @@ def link_cycles(p: TspParams) -> tuple[int, int]:
     return ser, round(ln.link_latency_s * c.clock_hz)
 
 
+# a longer round must beat the best by more than this to win the micro-batch search
+MICRO_BATCH_TOLERANCE = 0.01
+
+
 @register_arch("groq-like")
 class TspFamily(Family):
     Params = TspParams
@@ -52,7 +57,57 @@ class TspFamily(Family):
         from archsim.compiler.tsp_partition import plan_sram
 
         s = p.system
-        return plan_sram(g, usable_sram_bytes(p), chips, s.chips_per_node, s.max_chips)
+        plan = plan_sram(g, usable_sram_bytes(p), chips, s.chips_per_node, s.max_chips)
+        return self.tune_micro_batch(g, plan, p)
+
+    # ---- micro-batching: the compiler picks the size that maximises throughput --------------
+    @staticmethod
+    def with_micro_batch(plan: Plan, batch: int, mb: int) -> Plan:
+        """``plan`` with the batch cut into micro-batches of ``mb`` sequences."""
+        extra = {**plan.extra, "micro_batch": mb, "micro_batches": -(-batch // mb)}
+        return replace(plan, extra=extra)
+
+    def round_cycles(self, g: nx.DiGraph, plan: Plan, p: TspParams) -> tuple[float, int]:
+        """(cycles of one round — every micro-batch advances a token —, cycles of one
+        micro-batch's trip through the pipeline) of ``plan``, compiled and timed."""
+        from archsim.engine import simulate_stream
+
+        stream = self.lower(self.partition(g, plan), plan, p, g.graph["scenario"])
+        tl = simulate_stream(stream, self.durations(stream, p), strict_static=True)
+        occ = self.stage_occupancy(stream, tl, p)
+        return max(tl.cycles, plan.extra["micro_batches"] * float(occ.max())), tl.cycles
+
+    def tune_micro_batch(self, g: nx.DiGraph, plan: Plan, p: TspParams) -> Plan:
+        """Pick the micro-batch size whose compiled, timed round is shortest: scan 1, 2, 4, ...
+        sequences (and the plan's one-micro-batch-per-stage size) until a round is longer than
+        the best by more than MICRO_BATCH_TOLERANCE (past the best size rounds only grow);
+        rounds within the tolerance go to the shorter trip (lower per-token latency). Small
+        micro-batches keep more of them in flight, hiding hop latency; large ones stream each
+        stage's weights through the MXMs fewer times per round."""
+        batch = g.graph["scenario"].batch
+        if batch == 1:
+            return plan
+        tol = MICRO_BATCH_TOLERANCE
+        cost: dict[int, tuple[float, int]] = {}
+
+        def evaluate(mb: int) -> tuple[float, int]:
+            if mb not in cost:
+                cost[mb] = self.round_cycles(g, self.with_micro_batch(plan, batch, mb), p)
+            return cost[mb]
+
+        def better(a: int, b: int) -> bool:
+            (ra, la), (rb, lb) = evaluate(a), evaluate(b)
+            return ra < rb * (1 - tol) or (ra <= rb * (1 + tol) and la < lb)
+
+        best = int(plan.extra["micro_batch"])
+        mb = 1
+        while mb <= batch:
+            if better(mb, best):
+                best = mb
+            elif evaluate(mb)[0] > evaluate(best)[0] * (1 + tol) and mb > best:
+                break
+            mb *= 2
+        return self.with_micro_batch(plan, batch, best)
 
     def partition(self, g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
         from archsim.compiler.tsp_partition import partition_sram
