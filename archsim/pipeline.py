@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -133,7 +134,7 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
     bound_by_kind = {k: BOUNDS[int(np.argmax(v))] for k, v in kind_bounds.items()}
 
     flops = float(stream.flops.sum()) * scale
-    busy = {u: float(b) / max(tl.cycles, 1) for u, b in zip(tl.unit_names, tl.busy, strict=True)}
+    busy = _busy_by_unit_kind(tl)
     util = {
         "compute": flops / (peak["flops_per_s"] * period * plan.chips),
         "offchip_bw": bw[family.tiers["offchip_bytes"]] / peak["offchip_bytes_per_s"]
@@ -186,6 +187,19 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
         stream=stream,
         timeline=tl,
     )
+
+
+_UNIT_KIND = re.compile(r"^[^.]*\.|\d+$")  # "chip3.mxm2" -> "mxm", "gpu0.sm" -> "sm"
+
+
+def _busy_by_unit_kind(tl) -> dict[str, dict[str, float]]:
+    """Busy share of the makespan per kind of unit: mean and max over the units of that kind
+    (every unit's own busy cycles are in the trace)."""
+    shares: dict[str, list[float]] = {}
+    for name, b in zip(tl.unit_names, tl.busy, strict=True):
+        shares.setdefault(_UNIT_KIND.sub("", name), []).append(float(b) / max(tl.cycles, 1))
+    return {k: {"mean": float(np.mean(v)), "max": max(v), "units": len(v)}
+            for k, v in sorted(shares.items())}  # fmt: skip
 
 
 def _critical_path(stream, tl) -> np.ndarray:
