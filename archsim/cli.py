@@ -376,5 +376,83 @@ def validate(arch, groups, overrides, show_all, as_json, strict) -> None:
         sys.exit(1)
 
 
+# ---- plot: roofline, breakdown, sweep (matplotlib, the `plot` extra) ----------------------
+@main.group(cls=click.Group)
+def plot() -> None:
+    """Figures: a run's roofline, machines' time breakdown, a sweep's columns."""
+
+
+@plot.command("roofline")
+@click.option("--arch", default=DEFAULT_ARCH, show_default=True, help="architecture preset")
+@scenario_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".png/.svg/.pdf")
+def plot_roofline_cmd(arch, model, phase, batch, ctx, seq, precision, chips, layers, overrides,
+                      as_json, out) -> None:  # fmt: skip
+    """Each op's achieved FLOP/s against its arithmetic intensity, under the machine's
+    ceilings (--json prints the points instead of only writing the figure)."""
+    from archsim.pipeline import simulate
+    from archsim.plot import check_output, plot_roofline, roofline
+
+    check_output(out)
+    r = simulate(arch, model, **_scenario(phase, batch, ctx, seq, precision, chips, layers,
+                                          overrides))  # fmt: skip
+    click.echo(f"roofline written to {plot_roofline(r, out)}", err=True)
+    if as_json:
+        rl = roofline(r)
+        click.echo(
+            json.dumps(
+                {
+                    "peak_flops_per_s": rl.peak_flops,
+                    "peak_bytes_per_s": rl.peak_bw,
+                    "tier": rl.tier,
+                    "points": [p.__dict__ for p in rl.points],
+                }
+            )
+        )
+
+
+@plot.command("breakdown")
+@click.option("--arch", "archs", default="all", show_default=True,
+              help="comma-separated presets, or 'all'")  # fmt: skip
+@scenario_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".png/.svg/.pdf")
+def plot_breakdown_cmd(archs, model, phase, batch, ctx, seq, precision, chips, layers,
+                       overrides, as_json, out) -> None:  # fmt: skip
+    """Critical-path time by op, one bar per machine (machines that refuse are left out)."""
+    from archsim.config import arch_names
+    from archsim.pipeline import simulate
+    from archsim.plot import check_output, plot_breakdown
+
+    check_output(out)
+    names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+    scenario = _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
+    results = []
+    for name in names:
+        try:
+            results.append(simulate(name, model, **scenario))
+        except ArchsimError as exc:
+            click.echo(f"{name}: left out: {exc}", err=True)
+    if not results:
+        raise ArchsimError("no architecture could run this scenario; nothing to plot")
+    click.echo(f"breakdown written to {plot_breakdown(results, out)}", err=True)
+
+
+@plot.command("sweep")
+@click.argument("table", type=click.Path(dir_okay=False))
+@click.option("--x", "x", required=True, help="column for the x axis, e.g. batch")
+@click.option("--y", "y", default="tokens_per_s", show_default=True, help="column for the y axis")
+@click.option("--group", default="arch", show_default=True, help="one line per value of this")
+@click.option("--logx", is_flag=True)
+@click.option("--logy", is_flag=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".png/.svg/.pdf")
+def plot_sweep_cmd(table, x, y, group, logx, logy, out) -> None:
+    """Two columns of a sweep table (.csv or .jsonl); overridden keys work as columns."""
+    from archsim.plot import check_output, plot_sweep
+
+    check_output(out)
+    path = plot_sweep(table, x, y, group, out, logx=logx, logy=logy)
+    click.echo(f"sweep plot written to {path}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -186,6 +186,7 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
         },
         stream=stream,
         timeline=tl,
+        op_roles=roles,
     )
 
 

@@ -66,12 +66,14 @@ class Result:
     bound_by_op_kind: dict[str, str]  # what limits each op kind on the critical path
     extra: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    # not serialised: the stream and timeline, for traces
+    # not serialised: the stream, its timeline and each op's role, for traces and plots
     stream: Any = field(default=None, repr=False)
     timeline: Any = field(default=None, repr=False)
+    op_roles: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("stream", "timeline")}
+        hidden = ("stream", "timeline", "op_roles")
+        out = {k: v for k, v in self.__dict__.items() if k not in hidden}
         return _plain(out)
 
 

@@ -1,0 +1,189 @@
+"""Plots (matplotlib, the `plot` extra): a roofline of one run, the time breakdown of several
+machines, and any two columns of a sweep table. Data functions are separate from drawing so
+their numbers can be tested; every figure is written to a file (PNG, SVG or PDF)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from archsim.errors import ArchsimError
+from archsim.result import Result
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    role: str  # qkv_proj, attention, ...
+    intensity: float  # FLOP per byte of the bounding memory tier
+    achieved: float  # FLOP/s while the role's instructions run
+
+
+@dataclass(frozen=True)
+class Roofline:
+    peak_flops: float  # FLOP/s
+    peak_bw: float  # B/s of the bounding memory tier
+    tier: str  # its name (hbm, sram, ...)
+    points: list[RooflinePoint]
+
+    def ceiling(self, intensity: float) -> float:
+        return min(self.peak_flops, intensity * self.peak_bw)
+
+
+def roofline(result: Result) -> Roofline:
+    """Per op role: total FLOPs over the bytes of the machine's bounding tier (off-chip memory,
+    or on-chip SRAM for a machine without it) and over the time its instructions take. The
+    ceilings come from the resolved config the result recorded (overrides included)."""
+    from archsim.arch import get_family
+    from archsim.scenario import Precision
+
+    family = get_family(result.family)
+    params = family.Params.model_validate(result.meta["arch_config"])
+    peak = family.peak(params, Precision.parse(result.precision).weights)
+    s, secs = result.stream, result.timeline.duration / result.clock_hz
+    if peak["offchip_bytes_per_s"] > 0:
+        col, bw = "offchip_bytes", peak["offchip_bytes_per_s"]
+    else:
+        col, bw = "onchip_bytes", peak["onchip_bytes_per_s"]
+    roles = np.array([result.op_roles.get(n, n) for n in s.op_names])[s.op]
+    points = []
+    for role in dict.fromkeys(roles):
+        sel = (roles == role) & (s.flops > 0)
+        flops, nbytes, t = s.flops[sel].sum(), s.cols[col][sel].sum(), secs[sel].sum()
+        if flops > 0 and nbytes > 0 and t > 0:
+            points.append(RooflinePoint(str(role), float(flops / nbytes), float(flops / t)))
+    return Roofline(peak["flops_per_s"], bw, family.tiers[col], points)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ArchsimError("archsim plot needs matplotlib: pip install 'archsim[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def check_output(out: str | Path) -> Path:
+    """A figure path archsim can write (checked before any simulation runs)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ArchsimError(f"plot output must end in .png, .svg or .pdf, got {out.name!r}")
+    if not out.parent.exists():
+        raise ArchsimError(f"cannot write {out}: folder {out.parent} does not exist")
+    return out
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = check_output(out)
+    try:
+        fig.savefig(out, dpi=150, bbox_inches="tight")
+    except OSError as exc:
+        raise ArchsimError(f"cannot write {out}: {exc}") from None
+    return out
+
+
+def plot_roofline(result: Result, out: str | Path) -> Path:
+    plt = _pyplot()
+    rl = roofline(result)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lo = min([p.intensity for p in rl.points] + [0.1]) / 4
+    hi = max([p.intensity for p in rl.points] + [rl.peak_flops / rl.peak_bw]) * 4
+    x = np.geomspace(lo, hi, 200)
+    ax.loglog(x, [rl.ceiling(v) for v in x], color="black", lw=1.5,
+              label=f"ceiling: {rl.peak_flops / 1e12:.0f} TFLOP/s, "
+                    f"{rl.peak_bw / 1e12:.2f} TB/s {rl.tier}")  # fmt: skip
+    stacked: dict[float, int] = {}  # labels of points at one intensity are stacked
+    for p in sorted(rl.points, key=lambda q: -q.achieved):
+        k = stacked[round(np.log10(p.intensity), 1)] = stacked.get(
+            round(np.log10(p.intensity), 1), -1) + 1  # fmt: skip
+        ax.loglog(p.intensity, p.achieved, "o")
+        ax.annotate(p.role, (p.intensity, p.achieved), fontsize=8, xytext=(6, 4 - 10 * k),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xlabel(f"arithmetic intensity (FLOP per byte of {rl.tier})")
+    ax.set_ylabel("achieved FLOP/s (per chip)")
+    ax.set_title(f"{result.arch} · {result.model} · {result.phase} batch {result.batch}")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
+
+
+def plot_breakdown(results: list[Result], out: str | Path) -> Path:
+    """One stacked bar per machine: critical-path time by op role, in ms."""
+    plt = _pyplot()
+    roles = list(dict.fromkeys(r for res in results for r in res.time_by_op_kind))
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.8))
+    left = np.zeros(len(results))
+    colors = plt.get_cmap("tab20").colors
+    for i, role in enumerate(roles):
+        ms = np.array([res.time_by_op_kind.get(role, 0.0) * 1e3 for res in results])
+        ax.barh([f"{r.arch} ({r.chips} chips)" for r in results], ms, left=left, label=role,
+                color=colors[i % len(colors)])  # fmt: skip
+        left += ms
+    ax.set_xlabel("critical-path time per step (ms)")
+    ax.set_title(f"{results[0].model} · {results[0].phase} batch {results[0].batch}")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
+
+
+def sweep_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Finished rows of a sweep table (CSV or JSON lines); refused points are left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchsimError(f"sweep table {path} not found")
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    return [r for r in rows if not r.get("error")]
+
+
+def _column(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    """A numeric column: a result or scenario key, or an override key (`--set` name)."""
+    values = []
+    for r in rows:
+        value = r.get(key)
+        if value is None:
+            value = json.loads(r.get("overrides") or "{}").get(key)
+        try:
+            values.append(float(value))
+        except (TypeError, ValueError):
+            raise ArchsimError(f"sweep column {key!r} is missing or not a number") from None
+    return np.array(values)
+
+
+def plot_sweep(path: str | Path, x: str, y: str, group: str, out: str | Path,
+               logx: bool = False, logy: bool = False) -> Path:  # fmt: skip
+    rows = sweep_rows(path)
+    if not rows:
+        raise ArchsimError(f"sweep table {path} has no finished points to plot")
+    plt = _pyplot()
+    xs, ys = _column(rows, x), _column(rows, y)
+    keys = [
+        str(r.get(group) or json.loads(r.get("overrides") or "{}").get(group, "")) for r in rows
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k in dict.fromkeys(keys):
+        sel = np.array([kk == k for kk in keys])
+        order = np.argsort(xs[sel])
+        ax.plot(xs[sel][order], ys[sel][order], "o-", label=f"{group}={k}" if k else y)
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path_out = _save(fig, out)
+    plt.close(fig)
+    return path_out
