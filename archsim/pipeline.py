@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -95,17 +96,33 @@ def simulate(
     stream = family.lower(pg, plan, params, sc)
     duration = family.durations(stream, params)
     tl = simulate_stream(stream, duration, strict_static=family.strict_static)
+    return _result(_Run(arch, family, params, spec, sc, layers, plan, pg, stream, tl))
 
+
+@dataclass(frozen=True)
+class _Run:
+    """What the pipeline produced for one step, before it is summarised into a Result."""
+
+    arch: str
+    family: Any
+    params: Any
+    spec: ModelSpec
+    sc: Scenario
+    layers: int | None
+    plan: Any
+    pg: Any  # the partitioned graph
+    stream: Any
+    tl: Any
+
+
+def _result(run: _Run) -> Result:
+    family, params, sc, plan, stream, tl = (
+        run.family, run.params, run.sc, run.plan, run.stream, run.tl
+    )  # fmt: skip
     clock = family.clock_hz(params)
     seconds = family.step_seconds(tl, plan, params, sc)
     extra = family.summarize(stream, tl, plan, params, sc)
-    roles = {name: d["op"].role for name, d in pg.nodes(data=True)}
-    return _result(
-        arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra, roles
-    )
-
-
-def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, seconds, extra, roles):
+    roles = {name: d["op"].role for name, d in run.pg.nodes(data=True)}
     ranks = plan.tp * plan.dp  # chips that mirror each simulated one
     # A family may simulate a part of the step (one micro-batch of a pipeline) and say how
     # many copies of it make the whole step and how often steps follow each other at load;
@@ -144,15 +161,15 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
     }
     need = plan.need
     return Result(
-        arch=arch,
+        arch=run.arch,
         family=family.name,
-        model=spec.name,
+        model=run.spec.name,
         phase=sc.phase,
         batch=sc.batch,
         seq=sc.seq,
         ctx=sc.ctx,
         precision=sc.precision.label,
-        layers="all" if layers is None else str(layers),
+        layers="all" if run.layers is None else str(run.layers),
         chips=plan.chips,
         tp=plan.tp,
         pp=plan.pp,
@@ -178,9 +195,9 @@ def _result(arch, family, params, spec, sc, layers, plan, stream, tl, clock, sec
             "archsim_version": __version__,
             "git_revision": git_revision(),
             "arch_digest": params.digest(),
-            "model_digest": spec.digest(),
+            "model_digest": run.spec.digest(),
             "arch_config": params.model_dump(mode="json"),
-            "model_spec": spec.to_dict(),
+            "model_spec": run.spec.to_dict(),
             "scenario": sc.to_dict(),
             "plan": plan.to_dict(),
         },
