@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import networkx as nx
@@ -14,8 +15,9 @@ from archsim.isa import InstructionStream
 from archsim.scenario import Scenario
 
 
-class Family:
-    """Base class of a registered cycle model. Stateless: every number arrives as an argument."""
+class Family(ABC):
+    """Base class of a registered cycle model. Stateless: every number arrives as an argument.
+    A family must implement the abstract methods; the others have working defaults."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[ArchParams]] = ArchParams
@@ -28,12 +30,13 @@ class Family:
     }
     strict_static: ClassVar[bool] = True
 
-    def clock_hz(self, p: ArchParams) -> float:
-        raise NotImplementedError
+    @abstractmethod
+    def clock_hz(self, p: ArchParams) -> float: ...
 
+    @abstractmethod
     def plan(self, g: nx.DiGraph, p: ArchParams, chips: int | None) -> Plan:
         """How many chips and how the model is split (``chips=None``: the fewest that fit)."""
-        raise NotImplementedError
+        ...
 
     def partition(self, g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
         """The graph each chip runs, with communication ops (default: Megatron TP + PP)."""
@@ -41,18 +44,21 @@ class Family:
 
         return partition(g, plan)
 
+    @abstractmethod
     def peak(self, p: ArchParams, precision_weights: str) -> dict[str, float]:
         """Ceilings for roofline bounds: flops_per_s, offchip_bytes_per_s, link_bytes_per_s
         (and onchip_bytes_per_s where the on-chip tier is what bounds the machine)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def lower(self, g: nx.DiGraph, plan: Plan, p: ArchParams, sc: Scenario) -> InstructionStream:
         """Partitioned graph -> instruction stream (and, for static families, issue cycles)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def durations(self, stream: InstructionStream, p: ArchParams) -> np.ndarray:
         """Cycles each instruction occupies its unit (numba kernel)."""
-        raise NotImplementedError
+        ...
 
     def summarize(
         self, stream: InstructionStream, tl: Timeline, plan: Plan, p: ArchParams, sc: Scenario
