@@ -49,6 +49,13 @@ def _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides) -> di
     )
 
 
+def _arch_list(archs: str) -> list[str]:
+    """``--arch all`` or ``a,b,c`` -> preset names."""
+    from archsim.config import arch_names
+
+    return arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+
+
 def scenario_options(f):
     """Options shared by run and compare."""
     opts = [
@@ -200,11 +207,10 @@ def compare(
     archs, model, phase, batch, ctx, seq, precision, chips, layers, overrides, as_json
 ) -> None:
     """Run MODEL on several architectures side by side."""
-    from archsim.config import arch_names
     from archsim.pipeline import simulate
     from archsim.report import compare_table
 
-    names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+    names = _arch_list(archs)
     scenario = _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -419,12 +425,11 @@ def plot_roofline_cmd(arch, model, phase, batch, ctx, seq, precision, chips, lay
 def plot_breakdown_cmd(archs, model, phase, batch, ctx, seq, precision, chips, layers,
                        overrides, as_json, out) -> None:  # fmt: skip
     """Critical-path time by op, one bar per machine (machines that refuse are left out)."""
-    from archsim.config import arch_names
     from archsim.pipeline import simulate
     from archsim.plot import check_output, plot_breakdown
 
     check_output(out)
-    names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+    names = _arch_list(archs)
     scenario = _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
     results = []
     for name in names:

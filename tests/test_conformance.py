@@ -11,6 +11,7 @@ import archsim
 from archsim.arch import get_family
 from archsim.config import load_arch
 from archsim.pipeline import onchip_ceiling
+from archsim.scenario import Precision
 
 pytestmark = pytest.mark.conformance
 
@@ -32,9 +33,7 @@ def test_no_instruction_beats_its_ceilings(arch, precision, phase):
         arch, "llama3-8b", phase=phase, batch=4, ctx=256, seq=256, precision=precision, layers=2
     )
     s = r.stream
-    peak = get_family(r.family).peak(
-        load_arch(arch), r.meta["scenario"]["precision"].split(",")[0].removeprefix("w=")
-    )
+    peak = get_family(r.family).peak(load_arch(arch), Precision.parse(r.precision).weights)
     secs = r.timeline.duration / r.clock_hz
     slack = 1 + 1e-9  # cycles are rounded up, never down
     assert np.all(secs * slack >= _floor(s.flops, peak["flops_per_s"]))
