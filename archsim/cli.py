@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from archsim._version import __version__
-from archsim.errors import ArchsimError
+from archsim.core.errors import ArchsimError
+from archsim.core.version import __version__
 
 DEFAULT_ARCH = "h100-like"
 DEFAULT_MODEL = "llama3-70b"
@@ -235,7 +235,7 @@ def list_() -> None:
 def list_archs() -> None:
     from archsim.config.arch import arch_names
     from archsim.config.yamlio import load_yaml
-    from archsim.paths import data_dir
+    from archsim.core.paths import data_dir
 
     for name in arch_names():
         raw = load_yaml(data_dir("arch_configs") / f"{name}.yaml")
@@ -246,7 +246,7 @@ def list_archs() -> None:
 
 @list_.command("models")
 def list_models() -> None:
-    from archsim.model import ALIASES, load_model, model_names
+    from archsim.graph.model import ALIASES, load_model, model_names
 
     for name in model_names():
         spec = load_model(name)
@@ -352,6 +352,55 @@ def _raw_overrides(items) -> dict[str, str]:
             raise ArchsimError(f"--set expects key=value[,value...], got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+# ---- kernel: one operator on one machine -------------------------------------------------
+@main.command()
+@click.argument("op")
+@click.option("--arch", default=DEFAULT_ARCH, show_default=True, help="architecture preset")
+@click.option("--m", type=int, default=None, help="gemm/bmm: rows of the left operand")
+@click.option("--n", type=int, default=None, help="gemm/bmm: columns of the result")
+@click.option("--k", type=int, default=None, help="gemm/bmm: the contraction")
+@click.option("--batch", type=int, default=None, help="bmm: products; attention: sequences")
+@click.option("--heads", type=int, default=None, help="attention: query heads")
+@click.option("--kv-heads", type=int, default=None, help="attention: KV heads (default heads)")
+@click.option("--head-dim", type=int, default=None, help="attention: head dimension")
+@click.option("--q-len", type=int, default=None, help="attention: new tokens (1 = decode)")
+@click.option("--ctx", type=int, default=None, help="attention: keys attended over")
+@click.option("--causal/--no-causal", default=None, help="attention: causal mask")
+@click.option("--rows", type=int, default=None, help="elementwise ops: rows")
+@click.option("--cols", type=int, default=None, help="elementwise ops: columns")
+@click.option("--bytes", "nbytes", type=int, default=None, help="all-reduce/send-recv: bytes")
+@click.option("--ranks", type=int, default=None, help="all-reduce/send-recv: chips")
+@click.option("--dtype", default="bf16", show_default=True,
+              help="bf16 | fp8 | int8 | int4 (W4A16) | w=..,a=..,kv=..")  # fmt: skip
+@click.option("--repeat", type=int, default=1, show_default=True,
+              help="back-to-back calls timed; the result is per call")  # fmt: skip
+@click.option("--launch", default=None,
+              help="h100-like: graph (GPU time in a CUDA graph, the default) or eager (each "
+              "launch from the host first)")  # fmt: skip
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override an arch config key")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def kernel(op, arch, m, n, k, batch, heads, kv_heads, head_dim, q_len, ctx, causal, rows, cols,
+           nbytes, ranks, dtype, repeat, launch, overrides, as_json) -> None:  # fmt: skip
+    """Time one operator OP on ARCH: gemm, bmm, attention, softmax, layernorm, rmsnorm,
+    gelu, silu-mul, rope, add, copy, all-reduce, send-recv."""
+    from archsim.kernel import simulate_kernel
+    from archsim.report import kernel_table
+
+    shape = dict(m=m, n=n, k=k, batch=batch, heads=heads, kv_heads=kv_heads,
+                 head_dim=head_dim, q_len=q_len, ctx=ctx, rows=rows, cols=cols,
+                 bytes=nbytes, ranks=ranks,
+                 causal=None if causal is None else int(causal))  # fmt: skip
+    r = simulate_kernel(
+        arch, op, dtype=dtype, repeat=repeat, overrides=list(overrides),
+        options={"launch": launch}, **shape,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), sort_keys=True))
+    else:
+        kernel_table(r)
 
 
 # ---- validate: predicted vs measured H100 cases (archsim/validate.py, docs/validation.md) ----

@@ -133,3 +133,28 @@ def trace_summary(tr: dict[str, Any]) -> None:
             f"{100 * tr['busy_cycles'][u] / total:.1f} %",
         )
     console.print(t)
+
+
+def kernel_table(r) -> None:
+    """One operator's timing (``archsim kernel``), per call."""
+    t = Table(title=f"archsim kernel {r.op} · {r.arch}", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    shape = ", ".join(f"{k} {v}" for k, v in r.shape.items())
+    rows = [
+        ("shape", f"{shape}, {r.dtype}"),
+        (
+            "time per call",
+            f"{_time(r.seconds)}  ({r.cycles:,.1f} cycles at {_si(r.clock_hz, 'Hz')})",
+        ),
+        ("calls", f"{r.repeat} back to back ({_time(r.total_seconds)} in all)"),
+        ("bound", r.bound),
+        ("FLOPs", _si(r.flops, "FLOP")),
+    ]
+    rows += [(f"{tier} traffic", _si(b, "B")) for tier, b in r.bytes_by_tier.items() if b > 0]
+    if r.seconds > 0 and r.flops:
+        rows.append(("achieved", _si(r.flops / r.seconds, "FLOP/s")))
+    rows += [(k.replace("_", " "), str(v)) for k, v in {**r.options, **r.choice}.items()]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from archsim.errors import ArchsimError
-from archsim.paths import data_dir
+from archsim.core.errors import ArchsimError
+from archsim.core.paths import data_dir
 
 DEFAULT_TOLERANCE = 0.10
 
@@ -269,68 +269,28 @@ def load_cases(folder: Path | None = None) -> list[Case]:
     return cases
 
 
-# ---- predicting ------------------------------------------------------------------------------
-def _kernel_seconds(family, params, build) -> float:
-    """Lower a tiny stream with ``build(emit)`` and return its makespan in seconds."""
-    from archsim.engine import simulate_stream
-    from archsim.isa import StreamBuilder
+# ---- predicting: every case through the public API (simulate, simulate_kernel) -------------
+def _kernel(arch: str, overrides: dict[str, Any] | None, op: str, **shape: Any) -> float:
+    """GPU seconds per call of one operator, as replayed in a CUDA graph."""
+    from archsim.kernel import simulate_kernel
 
-    b = StreamBuilder(family.opcodes)
-    build(b)
-    stream = b.build()
-    tl = simulate_stream(stream, family.durations(stream, params))
-    return tl.cycles / family.clock_hz(params)
+    return simulate_kernel(
+        arch, op, overrides=overrides, options={"launch": "graph"}, **shape
+    ).seconds
 
 
-def _op_stream(family, params, op, repeat: int = 1):
-    """Lower ``op`` ``repeat`` times back to back (as a graph of it would run) -> seconds each."""
-    from archsim.compiler.plan import Plan  # noqa: F401  (lowering signature)
-
-    def build(b):
-        last = {"k": -1}
-
-        def emit(o, opcode, unit="sm", **kw):
-            i = b.add(opcode, unit=f"gpu0.{unit}", op=o.id, deps=[last["k"]], **kw)
-            last["k"] = i
-            return i
-
-        for _ in range(repeat):
-            family._lower_op(op, emit, None, params, None, params.links.scale_up_domain)
-
-    return _kernel_seconds(family, params, build) / repeat
-
-
-def _elementwise_op(kind: str, p: dict[str, Any]):
-    from archsim.graph.ops import Op, OpKind
-
-    b, h, f = int(p["batch"]), int(p["hidden"]), int(p["inter"])
-    e = 2  # bf16
-    if kind == "rms_norm":
-        return Op("x.norm", OpKind.NORM, 0, {"m": b, "n": h}, act_in_bytes=b * h * e,
-                  act_out_bytes=b * h * e, weight_bytes=h * e)  # fmt: skip
-    if kind == "silu_mul":  # reads gate and up [b, f], writes [b, f]
-        return Op("x.act", OpKind.ACTIVATION, 0, {"m": b, "n": f}, act_in_bytes=2 * b * f * e,
-                  act_out_bytes=b * f * e)  # fmt: skip
-    return Op("x.residual", OpKind.RESIDUAL, 0, {"m": b, "n": h}, act_in_bytes=2 * b * h * e,
-              act_out_bytes=b * h * e)  # fmt: skip
-
-
-def _stream_op(kind: str, nbytes: int):
-    """A copy (read + write nbytes) or a sum() (read nbytes) as one vectorised kernel."""
-    from archsim.graph.ops import Op, OpKind
-
-    # RESIDUAL lowers to one vectorised kernel over its bytes (CTAs from its output bytes)
-    if kind == "copy":
-        return Op("x.copy", OpKind.RESIDUAL, 0, {"m": 1, "n": nbytes // 2},
-                  act_in_bytes=nbytes, act_out_bytes=nbytes)  # fmt: skip
-    return Op("x.read", OpKind.RESIDUAL, 0, {"m": 1, "n": nbytes // 2},
-              act_in_bytes=nbytes / 2, act_out_bytes=nbytes / 2)  # fmt: skip
+# measured elementwise op -> (kernel op, its shape from the case's params)
+_ELEMENTWISE = {
+    "rms_norm": ("rmsnorm", lambda p: {"rows": p["batch"], "cols": p["hidden"]}),
+    "silu_mul": ("silu-mul", lambda p: {"rows": p["batch"], "cols": p["inter"]}),
+    "residual_add": ("add", lambda p: {"rows": p["batch"], "cols": p["hidden"]}),
+}
 
 
 def predict(
     case: Case, family, params, arch: str = "h100-like", overrides: dict[str, Any] | None = None
 ) -> float:
-    """Predicted seconds of one case (``arch``/``overrides`` rebuild whole-model runs)."""
+    """Predicted seconds of one case on ``arch`` (with ``overrides``)."""
     p, k = case.params, params.kernel
     if case.kind == "model":
         from archsim.pipeline import simulate
@@ -350,46 +310,29 @@ def predict(
             overrides={"memory.hbm_usable_fraction": 1.0, **(overrides or {})},
         ).seconds
     if case.kind == "gemm":
-        from archsim.arch.gpu import DTYPE_CODE
-
-        repeat = int(p.get("repeat", 1))
-
-        def build(b):
-            last = -1
-            for _ in range(repeat):
-                last = b.add(
-                    "gemm", unit="gpu0.sm", op="x", m=int(p["m"]), n=int(p["n"]),
-                    k=int(p["k"]), aux=DTYPE_CODE[p.get("dtype", "bf16")], deps=[last],
-                )  # fmt: skip
-
-        gpu = _kernel_seconds(family, params, build) / repeat
-        if case.timing == "eager":
+        gpu = _kernel(arch, overrides, "gemm", m=int(p["m"]), n=int(p["n"]), k=int(p["k"]),
+                      dtype=p.get("dtype", "bf16"), repeat=int(p.get("repeat", 1)))  # fmt: skip
+        if case.timing == "eager":  # host dispatch first, never under two launches' floor
             return max(k.eager_gemm_launch_s + gpu, k.eager_gemm_launch_s + k.eager_launch_s)
         return gpu
-    if case.kind in ("rms_norm", "silu_mul", "residual_add"):
-        return _op_stream(family, params, _elementwise_op(case.kind, p), int(p.get("repeat", 20)))
+    if case.kind in _ELEMENTWISE:
+        op, shape = _ELEMENTWISE[case.kind]
+        return _kernel(arch, overrides, op, repeat=int(p.get("repeat", 20)),
+                       **{key: int(v) for key, v in shape(p).items()})  # fmt: skip
     if case.kind in ("copy", "read"):
-        gpu = _op_stream(family, params, _stream_op(case.kind, int(p["bytes"])))
+        # an SM copy reads and writes ``bytes``; sum() reads them: the traffic of a copy of
+        # half the bytes, spread over as many CTAs
+        nbytes = int(p["bytes"])
+        cols = nbytes // 2 if case.kind == "copy" else nbytes // 4
+        gpu = _kernel(arch, overrides, "copy", rows=1, cols=cols)
         if case.timing == "eager":
             return max(k.eager_launch_s + gpu, 2 * k.eager_launch_s)
         return gpu
     if case.kind == "attention_prefill":
-        from archsim.graph.ops import Op, OpKind
-
         b, hq, s, d = (int(p[x]) for x in ("batch", "heads", "seq", "head_dim"))
-        causal = int(bool(p.get("causal", True)))
-        op = Op("x.attention", OpKind.ATTENTION, 0,
-                {"batch": b, "heads": hq, "kv_heads": int(p.get("kv_heads", hq)),
-                 "head_dim": d, "q_len": s, "kv_len": s, "causal": causal},
-                act_in_bytes=3 * b * s * hq * d * 2, act_out_bytes=b * s * hq * d * 2)  # fmt: skip
-
-        def build(bld):
-            bld.add(
-                "attn_prefill", unit="gpu0.sm", op="x", m=s, n=s, k=d, g=b, h=hq,
-                aux=causal, offchip_bytes=op.mem_bytes,
-            )  # fmt: skip
-
-        return _kernel_seconds(family, params, build)
+        return _kernel(arch, overrides, "attention", batch=b, heads=hq,
+                       kv_heads=int(p.get("kv_heads", hq)), head_dim=d, q_len=s, ctx=s,
+                       causal=int(bool(p.get("causal", True))))  # fmt: skip
     raise ArchsimError(f"validation case {case.id}: unknown kind {case.kind!r}")
 
 
@@ -399,8 +342,8 @@ def run_validation(
     overrides: dict[str, Any] | None = None,
     groups: list[str] | None = None,
 ) -> Report:
-    from archsim.arch import get_family
-    from archsim.config.arch import load_arch
+    from archsim.config import load_arch
+    from archsim.core.registry import get_family
 
     params = load_arch(arch, overrides or {})
     if params.family != "h100-like":
