@@ -8,15 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from archsim._version import __version__
-from archsim.arch import get_family
-from archsim.config.arch import load_arch, parse_overrides
-from archsim.engine import simulate_stream
-from archsim.errors import ScenarioError
+from archsim.config import load_arch, parse_overrides
+from archsim.core.engine import simulate_stream
+from archsim.core.errors import ScenarioError, UnsupportedOpError
+from archsim.core.family import Family, Peak
+from archsim.core.isa import START_START
+from archsim.core.registry import get_family
+from archsim.core.version import __version__
 from archsim.graph.build import build_graph
-from archsim.model import ModelSpec, load_model
+from archsim.graph.model import ModelSpec, load_model
+from archsim.graph.scenario import Precision, Scenario
 from archsim.result import Result, git_revision
-from archsim.scenario import Precision, Scenario
 
 BOUNDS = ("compute", "memory", "communication", "overhead")
 # an instruction is overhead-bound when its ideal (roofline) time is under this share of it
@@ -40,27 +42,27 @@ def _seconds(amount: np.ndarray, rate: float) -> np.ndarray:
     return amount / rate if rate > 0 else np.zeros_like(amount, dtype=np.float64)
 
 
-def onchip_ceiling(stream, peak: dict) -> np.ndarray | None:
-    """Per-instruction on-chip bandwidth ceiling (B/s): ``peak["onchip_bytes_per_s"]``, or a
-    tighter one for the opcodes in ``peak["onchip_bytes_per_s_by_opcode"]`` (a unit fed by
-    a narrower path than the whole SRAM, e.g. one MXM plane's weight streams)."""
-    if "onchip_bytes_per_s" not in peak:
+def onchip_ceiling(stream, peak: Peak) -> np.ndarray | None:
+    """Per-instruction on-chip bandwidth ceiling (B/s): ``peak.onchip_bytes_per_s``, or a
+    tighter one for the opcodes in ``peak.onchip_bytes_per_s_by_opcode`` (a unit fed by a
+    narrower path than the whole SRAM, e.g. one MXM plane's weight streams)."""
+    if not peak.onchip_bytes_per_s:
         return None
-    rate = np.full(len(stream), float(peak["onchip_bytes_per_s"]))
-    for name, bw in peak.get("onchip_bytes_per_s_by_opcode", {}).items():
+    rate = np.full(len(stream), float(peak.onchip_bytes_per_s))
+    for name, bw in peak.onchip_bytes_per_s_by_opcode:
         if name in stream.opcode_names:
             rate[stream.opcode == stream.opcode_names.index(name)] = bw
     return rate
 
 
-def classify(stream, duration: np.ndarray, peak: dict, clock_hz: float):
+def classify(stream, duration: np.ndarray, peak: Peak, clock_hz: float):
     """Per instruction: (ideal compute, memory, link seconds) and its bound class index."""
-    t_c = _seconds(stream.flops, peak["flops_per_s"])
-    t_m = _seconds(stream.offchip_bytes, peak["offchip_bytes_per_s"])
+    t_c = _seconds(stream.flops, peak.flops_per_s)
+    t_m = _seconds(stream.offchip_bytes, peak.offchip_bytes_per_s)
     onchip = onchip_ceiling(stream, peak)
     if onchip is not None:
         t_m = np.maximum(t_m, stream.onchip_bytes / onchip)
-    t_l = _seconds(stream.link_bytes, peak["link_bytes_per_s"])
+    t_l = _seconds(stream.link_bytes, peak.link_bytes_per_s)
     ideal = np.stack([t_c, t_m, t_l])
     cls = np.argmax(ideal, axis=0)
     secs = duration / clock_hz
@@ -68,6 +70,29 @@ def classify(stream, duration: np.ndarray, peak: dict, clock_hz: float):
     # a latency-bound transfer is still communication; anything else is fixed overhead
     cls = np.where(latency_bound, np.where(stream.link_bytes > 0, 2, 3), cls)
     return ideal, cls
+
+
+def refuse_unsupported(g, family: Family) -> None:
+    """One line naming the first op kind the family cannot run (before any compiling)."""
+    allowed = family.supported_ops()
+    for _, d in g.nodes(data=True):
+        kind = d["op"].kind.value
+        if kind not in allowed:
+            raise UnsupportedOpError(
+                f"{family.name} cannot run {kind} ops (op {d['op'].id}); it runs: "
+                + ", ".join(sorted(allowed))
+            )
+
+
+def run_stream(family: Family, params, stream):
+    """Time ``stream`` (a static family's schedule is first checked by the independent
+    checker, then held to by the engine). Returns (timing, timeline)."""
+    from archsim.core.engine.check import check_schedule
+
+    timing = family.timing(stream, params)
+    if family.static:
+        check_schedule(stream, timing)
+    return timing, simulate_stream(stream, timing, static=family.static)
 
 
 def simulate(
@@ -91,12 +116,12 @@ def simulate(
     family = get_family(params.family)
 
     g = build_graph(spec, sc, layers)
+    refuse_unsupported(g, family)
     plan = family.plan(g, params, _chips_arg(chips))
-    pg = family.partition(g, plan)
+    pg = family.partition(g, plan, params)
     stream = family.lower(pg, plan, params, sc)
-    duration = family.durations(stream, params)
-    tl = simulate_stream(stream, duration, strict_static=family.strict_static)
-    return _result(_Run(arch, family, params, spec, sc, layers, plan, pg, stream, tl))
+    timing, tl = run_stream(family, params, stream)
+    return _result(_Run(arch, family, params, spec, sc, layers, plan, pg, stream, timing, tl))
 
 
 @dataclass(frozen=True)
@@ -112,6 +137,7 @@ class _Run:
     plan: Any
     pg: Any  # the partitioned graph
     stream: Any
+    timing: Any
     tl: Any
 
 
@@ -120,19 +146,15 @@ def _result(run: _Run) -> Result:
         run.family, run.params, run.sc, run.plan, run.stream, run.tl
     )  # fmt: skip
     clock = family.clock_hz(params)
-    seconds = family.step_seconds(tl, plan, params, sc)
+    step = family.step(stream, tl, plan, params, sc)
+    seconds, period = step.latency_s, step.period_s
     extra = family.summarize(stream, tl, plan, params, sc)
     roles = {name: d["op"].role for name, d in run.pg.nodes(data=True)}
     ranks = plan.tp * plan.dp  # chips that mirror each simulated one
-    # A family may simulate a part of the step (one micro-batch of a pipeline) and say how
-    # many copies of it make the whole step and how often steps follow each other at load;
-    # by default the stream is the step and the step time is its period.
-    copies = float(extra.pop("step_copies", 1))
-    period = float(extra.pop("step_period_s", seconds))
     tps = sc.tokens / period
     user_tps = sc.new_tokens_per_seq / seconds if sc.phase == "prefill" else 1.0 / seconds
 
-    scale = ranks * copies
+    scale = ranks * step.copies
     tier_bytes = {name: float(stream.cols[col].sum()) * scale for col, name in family.tiers.items()}
     bw = {name: b / plan.chips / period for name, b in tier_bytes.items()}
     peak = family.peak(params, sc.precision.weights)
@@ -153,9 +175,9 @@ def _result(run: _Run) -> Result:
     flops = float(stream.flops.sum()) * scale
     busy = _busy_by_unit_kind(tl)
     util = {
-        "compute": flops / (peak["flops_per_s"] * period * plan.chips),
-        "offchip_bw": bw[family.tiers["offchip_bytes"]] / peak["offchip_bytes_per_s"]
-        if peak["offchip_bytes_per_s"]
+        "compute": flops / (peak.flops_per_s * period * plan.chips),
+        "offchip_bw": bw[family.tiers["offchip_bytes"]] / peak.offchip_bytes_per_s
+        if peak.offchip_bytes_per_s
         else 0.0,
         "units": busy,
     }
@@ -202,6 +224,7 @@ def _result(run: _Run) -> Result:
             "plan": plan.to_dict(),
         },
         stream=stream,
+        timing=run.timing,
         timeline=tl,
         op_roles=roles,
     )
@@ -221,7 +244,9 @@ def _busy_by_unit_kind(tl) -> dict[str, dict[str, float]]:
 
 
 def _critical_path(stream, tl) -> np.ndarray:
-    """Instructions on the longest dependency/unit chain ending at the last finisher."""
+    """Instructions on the chain of binding constraints that ends at the last finisher: from
+    an instruction, step to the producer or unit predecessor whose bound equals its start
+    (end + lag, start + lag for a streaming producer, release of the unit)."""
     n = len(stream)
     on = np.zeros(n, dtype=bool)
     if n == 0:
@@ -237,12 +262,12 @@ def _critical_path(stream, tl) -> np.ndarray:
         on[i] = True
         start = tl.start[i]
         nxt = -1
-        cands = list(stream.dep_idx[stream.dep_ptr[i] : stream.dep_ptr[i + 1]])
-        if unit_prev[i] >= 0:
-            cands.append(unit_prev[i])
-        for j in cands:
-            if tl.end[j] == start:
-                nxt = int(j)
+        for j, kind, lag in stream.deps_of(i):
+            bound = (tl.start[j] if kind == START_START else tl.end[j]) + lag
+            if bound == start:
+                nxt = j
                 break
+        if nxt < 0 and unit_prev[i] >= 0 and tl.release[unit_prev[i]] == start:
+            nxt = int(unit_prev[i])
         i = nxt
     return on

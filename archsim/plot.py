@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from archsim.errors import ArchsimError
+from archsim.core.errors import ArchsimError
 from archsim.result import Result
 
 
@@ -38,17 +38,17 @@ def roofline(result: Result) -> Roofline:
     """Per op role: total FLOPs over the bytes of the machine's bounding tier (off-chip memory,
     or on-chip SRAM for a machine without it) and over the time its instructions take. The
     ceilings come from the resolved config the result recorded (overrides included)."""
-    from archsim.arch import get_family
-    from archsim.scenario import Precision
+    from archsim.core.registry import get_family
+    from archsim.graph.scenario import Precision
 
     family = get_family(result.family)
     params = family.Params.model_validate(result.meta["arch_config"])
     peak = family.peak(params, Precision.parse(result.precision).weights)
     s, secs = result.stream, result.timeline.duration / result.clock_hz
-    if peak["offchip_bytes_per_s"] > 0:
-        col, bw = "offchip_bytes", peak["offchip_bytes_per_s"]
+    if peak.offchip_bytes_per_s > 0:
+        col, bw = "offchip_bytes", peak.offchip_bytes_per_s
     else:
-        col, bw = "onchip_bytes", peak["onchip_bytes_per_s"]
+        col, bw = "onchip_bytes", peak.onchip_bytes_per_s
     roles = np.array([result.op_roles.get(n, n) for n in s.op_names])[s.op]
     points = []
     for role in dict.fromkeys(roles):
@@ -56,7 +56,7 @@ def roofline(result: Result) -> Roofline:
         flops, nbytes, t = s.flops[sel].sum(), s.cols[col][sel].sum(), secs[sel].sum()
         if flops > 0 and nbytes > 0 and t > 0:
             points.append(RooflinePoint(str(role), float(flops / nbytes), float(flops / t)))
-    return Roofline(peak["flops_per_s"], bw, family.tiers[col], points)
+    return Roofline(peak.flops_per_s, bw, family.tiers[col], points)
 
 
 def _pyplot():

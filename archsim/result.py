@@ -68,11 +68,12 @@ class Result:
     meta: dict[str, Any] = field(default_factory=dict)
     # not serialised: the stream, its timeline and each op's role, for traces and plots
     stream: Any = field(default=None, repr=False)
+    timing: Any = field(default=None, repr=False)
     timeline: Any = field(default=None, repr=False)
     op_roles: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        hidden = ("stream", "timeline", "op_roles")
+        hidden = ("stream", "timing", "timeline", "op_roles")
         out = {k: v for k, v in self.__dict__.items() if k not in hidden}
         return _plain(out)
 

@@ -1,6 +1,6 @@
 """Speed of the pipeline (h100-like and groq-like): lowering (Python: graph, partition,
-lower, and for groq-like the static schedule) and the cycle model (numba: durations + event
-engine) timed apart.
+lower, and for groq-like the micro-batch search and the static schedule) and the cycle model
+(numba: timing pass + event engine) timed apart.
 
 Target (issue 2): once JIT-compiled, a whole llama3-70b decode step simulates in well under
 a second. Run: pytest benchmarks/ --benchmark-columns=min,mean,max
@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import pytest
 
-from archsim.arch import get_family
 from archsim.config import load_arch
-from archsim.engine import simulate_stream
+from archsim.core.engine import simulate_stream
+from archsim.core.registry import get_family
 from archsim.graph import build_graph
-from archsim.model import load_model
-from archsim.scenario import Scenario
+from archsim.graph.model import load_model
+from archsim.graph.scenario import Precision, Scenario
 
 CASES = {
     "h100-like/llama3-70b-decode-b1": ("h100-like", dict(phase="decode", batch=1, ctx=2048)),
     "h100-like/llama3-70b-prefill-8192": ("h100-like", dict(phase="prefill", batch=1, seq=8192)),
     "groq-like/llama3-70b-decode-b1": ("groq-like", dict(phase="decode", batch=1, ctx=2048)),
+    "groq-like/llama3-70b-int8-decode-b256": (
+        "groq-like",
+        dict(phase="decode", batch=256, ctx=2048, precision="int8"),
+    ),
 }
 
 
@@ -28,13 +32,15 @@ def _lower(case):
     arch, scenario = CASES[case]
     p = load_arch(arch)
     fam = get_family(p.family)
-    g = build_graph(load_model("llama3-70b"), Scenario(**scenario))
+    prec = Precision.parse(scenario.get("precision", "bf16"))
+    sc = Scenario(**{k: v for k, v in scenario.items() if k != "precision"}, precision=prec)
+    g = build_graph(load_model("llama3-70b"), sc)
     plan = fam.plan(g, p, None)
-    return fam, p, fam.lower(fam.partition(g, plan), plan, p, g.graph["scenario"])
+    return fam, p, fam.lower(fam.partition(g, plan, p), plan, p, sc)
 
 
 def _cycle_model(fam, p, stream):
-    return simulate_stream(stream, fam.durations(stream, p), fam.strict_static).cycles
+    return simulate_stream(stream, fam.timing(stream, p), static=fam.static).cycles
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archsim.isa import StreamBuilder
+from archsim.core.isa import StreamBuilder
 
 
 @pytest.fixture

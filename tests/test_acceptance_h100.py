@@ -11,7 +11,7 @@ import pytest
 
 import archsim
 from archsim.graph import kv_bytes_per_token, param_count
-from archsim.model import load_model
+from archsim.graph.model import load_model
 
 pytestmark = pytest.mark.conformance
 

@@ -107,7 +107,7 @@ def test_trace_round_trip(tmp_path):
     h5 = tmp_path / "run.h5"
     archsim("run", "--model", "llama3-8b", "--layers", "2", "--trace", str(h5))
     with h5py.File(h5) as f:
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == 2
         assert json.loads(f.attrs["scenario"])["phase"] == "decode"
         n = len(f["events/start"])
         assert n > 0 and len(f["events/end"]) == n and len(f["events/flops"]) == n

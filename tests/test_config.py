@@ -6,7 +6,7 @@ import pytest
 
 from archsim.config import arch_names, load_arch, parse_overrides
 from archsim.config.yamlio import parse_scalar
-from archsim.errors import ConfigError
+from archsim.core.errors import ConfigError
 
 
 def test_h100_preset_loads():
@@ -75,7 +75,7 @@ def test_unknown_arch():
 
 def test_every_yaml_number_has_a_source():
     """Every numeric line of a shipped arch config carries a comment (its source)."""
-    from archsim.paths import data_dir
+    from archsim.core.paths import data_dir
 
     for path in data_dir("arch_configs").glob("*.yaml"):
         for line in path.read_text().splitlines():
@@ -88,7 +88,7 @@ def test_every_yaml_number_has_a_source():
 def test_families_register_themselves():
     """Every family module in archsim/arch registers by name; a YAML naming an unknown family
     is a ConfigError listing the registered ones."""
-    from archsim.arch import family_names
+    from archsim.core.registry import family_names
 
     assert {"h100-like", "groq-like"} <= set(family_names())
 

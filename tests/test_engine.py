@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from archsim.engine import simulate_stream
-from archsim.errors import ScheduleError
+from archsim.core.engine import simulate_stream
+from archsim.core.errors import ScheduleError
+from archsim.core.isa import Timing
 
 pytestmark = pytest.mark.cycle_exact
 
@@ -26,7 +27,7 @@ def _diamond(builder, issue=(-1, -1, -1, -1, -1)):
     builder.add("work", unit="A", op="i2", deps=[1], issue=issue[2])
     builder.add("work", unit="B", op="i3", deps=[0], issue=issue[3])
     builder.add("work", unit="A", op="i4", deps=[3], issue=issue[4])
-    return builder.build(), np.array([5, 3, 2, 4, 1])
+    return builder.build(), Timing.fixed(np.array([5, 3, 2, 4, 1]))
 
 
 def test_dynamic_diamond_hand_count(builder):
@@ -42,14 +43,14 @@ def test_dynamic_diamond_hand_count(builder):
 def test_static_schedule_allowed_at_ready_cycle(builder):
     """A static schedule issuing each instruction exactly when ready passes verification."""
     s, d = _diamond(builder, issue=(0, 0, 5, 5, 9))
-    assert simulate_stream(s, d).cycles == 10
+    assert simulate_stream(s, d, static=True).cycles == 10
 
 
 def test_static_schedule_blocked_one_cycle_early(builder):
     """Issuing i4 at cycle 8, one cycle before its producer i3 ends, is a compiler error."""
     s, d = _diamond(builder, issue=(0, 0, 5, 5, 8))
     with pytest.raises(ScheduleError, match="issued at cycle 8 but ready at 9"):
-        simulate_stream(s, d)
+        simulate_stream(s, d, static=True)
 
 
 def test_static_unit_conflict_detected(builder):
@@ -57,14 +58,14 @@ def test_static_unit_conflict_detected(builder):
     builder.add("work", unit="A", op="x", issue=0)
     builder.add("work", unit="A", op="y", issue=3)  # A is busy until 5
     with pytest.raises(ScheduleError, match="ready at 5"):
-        simulate_stream(builder.build(), np.array([5, 5]))
+        simulate_stream(builder.build(), Timing.fixed(np.array([5, 5])), static=True)
 
 
 def test_static_issue_later_than_ready_waits(builder):
     """A static instruction issued after it is ready starts at its issue cycle."""
     builder.add("work", unit="A", op="x", issue=0)
     builder.add("work", unit="B", op="y", deps=[0], issue=12)
-    tl = simulate_stream(builder.build(), np.array([5, 2]))
+    tl = simulate_stream(builder.build(), Timing.fixed(np.array([5, 2])), static=True)
     assert list(tl.start) == [0, 12] and tl.cycles == 14
 
 
@@ -72,7 +73,7 @@ def test_negative_duration_rejected(builder):
     """Durations must be non-negative cycles, one per instruction."""
     builder.add("work", unit="A", op="x")
     with pytest.raises(ValueError):
-        simulate_stream(builder.build(), np.array([-1]))
+        simulate_stream(builder.build(), Timing.fixed(np.array([-1])))
 
 
 _SCRIPT = """

@@ -7,9 +7,9 @@ import math
 import pytest
 
 import archsim
-from archsim.arch import get_family
-from archsim.config.arch import load_arch
-from archsim.isa import StreamBuilder
+from archsim.config import load_arch
+from archsim.core.isa import StreamBuilder
+from archsim.core.registry import get_family
 
 F = 1.98e9  # boost clock of the preset
 
@@ -19,8 +19,8 @@ def _one(opcode, **kw):
     p = load_arch("h100-like")
     b = StreamBuilder(fam.opcodes)
     b.add(opcode, unit="gpu0.sm", op="x", **kw)
-    cycles, choice = fam.durations_and_choices(b.build(), p)
-    return int(cycles[0]), int(choice[0])
+    timing = fam.timing(b.build(), p)
+    return int(timing.work[0]), int(timing.choice[0])
 
 
 def test_allreduce_ring_ll_small_message_cycle_exact():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import networkx as nx
 import pytest
 
-from archsim.errors import ModelError
+from archsim.core.errors import ModelError
 from archsim.graph import (
     OpKind,
     build_graph,
@@ -14,8 +14,8 @@ from archsim.graph import (
     ops_in_order,
     param_count,
 )
-from archsim.model import load_model
-from archsim.scenario import Precision, Scenario
+from archsim.graph.model import load_model
+from archsim.graph.scenario import Precision, Scenario
 
 # Hand counts (see docs/validation.md): llama3-70b per layer
 #   q 8192*8192 + k,v 2*8192*1024 + o 8192*8192 + mlp 3*8192*28672 + 2 norms * 8192

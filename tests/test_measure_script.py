@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import archsim
-from archsim.paths import data_dir
+from archsim.core.paths import data_dir
 from archsim.validate import _case, load_cases, predict, run_validation
 
 
@@ -88,8 +88,8 @@ def test_measured_case_is_predicted_by_the_whole_model_path(tmp_path):
     cases = [c for c in load_cases(tmp_path) if c.kind == "model"]
     assert len(cases) == 1
     run = archsim.simulate("h100-like", "llama3-8b", batch=4, ctx=512, chips=1)
-    from archsim.arch import get_family
     from archsim.config import load_arch
+    from archsim.core.registry import get_family
 
     got = predict(cases[0], get_family("h100-like"), load_arch("h100-like"))
     assert got == run.seconds

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from archsim.errors import ModelError
-from archsim.model import load_model, model_names
+from archsim.core.errors import ModelError
+from archsim.graph.model import load_model, model_names
 
 
 def test_shipped_models_load():
@@ -96,7 +96,7 @@ def test_bad_model_yaml(tmp_path, patch, message):
     """Inconsistent or unknown fields in a model YAML are rejected with a clear message."""
     import yaml
 
-    from archsim.paths import data_dir
+    from archsim.core.paths import data_dir
 
     base = yaml.safe_load((data_dir("workloads") / "llama3-8b.yaml").read_text())
     base.update(patch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from archsim import _numba
+from archsim.core import jit as _numba
 
 
 def test_cache_dir_falls_back_to_temp(monkeypatch, tmp_path):

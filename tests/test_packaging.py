@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archsim.paths import data_dir
+from archsim.core.paths import data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

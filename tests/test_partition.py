@@ -11,10 +11,10 @@ from archsim.compiler.partition import (
     shard,
     split_layers,
 )
-from archsim.errors import CapacityError, ScenarioError
+from archsim.core.errors import CapacityError, ScenarioError
 from archsim.graph import OpKind, build_graph
-from archsim.model import load_model
-from archsim.scenario import Scenario
+from archsim.graph.model import load_model
+from archsim.graph.scenario import Scenario
 
 GB = 1e9
 

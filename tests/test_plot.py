@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import archsim
-from archsim.errors import ArchsimError
+from archsim.core.errors import ArchsimError
 from archsim.plot import plot_sweep, roofline
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from archsim.errors import ScenarioError
-from archsim.scenario import Precision, Scenario
+from archsim.core.errors import ScenarioError
+from archsim.graph.scenario import Precision, Scenario
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pytest
 
 import archsim
 from archsim.config import arch_names
-from archsim.errors import ArchsimError
-from archsim.model import load_model, model_names
+from archsim.core.errors import ArchsimError
+from archsim.graph.model import load_model, model_names
 
 pytestmark = pytest.mark.smoke
 

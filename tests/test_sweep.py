@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from archsim.errors import ArchsimError, ConfigError
+from archsim.core.errors import ArchsimError, ConfigError
 from archsim.sweep import expand_grid, run_sweep
 from archsim.sweep.run import COLUMNS
 

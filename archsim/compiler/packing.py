@@ -19,12 +19,12 @@ from dataclasses import replace
 import networkx as nx
 
 from archsim.compiler.partition import memory_need, shard
-from archsim.compiler.plan import Plan
-from archsim.errors import CapacityError, ScenarioError
+from archsim.core.errors import CapacityError, ScenarioError
+from archsim.core.plan import Plan
 from archsim.graph.build import ELEM_BYTES, ops_in_order
+from archsim.graph.model import ModelSpec
 from archsim.graph.ops import Op, OpKind
-from archsim.model import ModelSpec
-from archsim.scenario import Scenario
+from archsim.graph.scenario import Scenario
 
 # ops wider than 1/PACKING_GRAIN of a chip are cut into output slices of about that size, so
 # that a stage can be filled close to its capacity (and an lm_head wider than a whole tensor
@@ -256,12 +256,12 @@ def plan_sram(
         stage_layers=_stage_layers(ops, starts, n_layers),
         need=need,
         capacity_bytes_per_chip=capacity_bytes,
+        micro_batch=mb,
+        micro_batches=-(-sc.batch // mb),
         extra={
             "stage_first_op": [ops[i].id for i in starts],
             "op_chunks": chunks,
             "fullest_chip_bytes": capacity_bytes - cap + fullest,
-            "micro_batches": -(-sc.batch // mb),
-            "micro_batch": mb,
         },
     )
 

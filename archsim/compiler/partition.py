@@ -16,13 +16,13 @@ from dataclasses import replace
 
 import networkx as nx
 
-from archsim.compiler.plan import MemoryNeed, Plan
-from archsim.errors import CapacityError, ScenarioError
+from archsim.core.errors import CapacityError, ScenarioError
+from archsim.core.plan import MemoryNeed, Plan
 from archsim.graph.build import ELEM_BYTES
+from archsim.graph.model import ModelSpec
 from archsim.graph.ops import Op, OpKind
+from archsim.graph.scenario import Scenario
 from archsim.graph.totals import kv_bytes_per_token
-from archsim.model import ModelSpec
-from archsim.scenario import Scenario
 
 
 def split_layers(n_layers: int, pp: int) -> tuple[tuple[int, int], ...]:

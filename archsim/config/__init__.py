@@ -1,12 +1,25 @@
-"""Typed, frozen architecture configs loaded from arch_configs/*.yaml (with extends + overrides)."""
+"""Typed, frozen architecture config schemas and YAML loading (with extends + overrides)."""
 
 from archsim.config.arch import (
     ArchParams,
     Section,
+    apply_override,
     arch_names,
     field,
     load_arch,
+    one_line_error,
     parse_overrides,
+    resolve_raw,
 )
 
-__all__ = ["ArchParams", "Section", "arch_names", "field", "load_arch", "parse_overrides"]
+__all__ = [
+    "ArchParams",
+    "Section",
+    "apply_override",
+    "arch_names",
+    "field",
+    "load_arch",
+    "one_line_error",
+    "parse_overrides",
+    "resolve_raw",
+]

@@ -16,8 +16,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from archsim.config.yamlio import load_yaml, parse_scalar
-from archsim.errors import ConfigError
-from archsim.paths import data_dir
+from archsim.core.errors import ConfigError
+from archsim.core.paths import data_dir
+from archsim.core.registry import get_family
 
 
 def field(description: str, *, unit: str = "", gt: float | None = 0, **kw: Any) -> Any:
@@ -71,7 +72,7 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve_raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def resolve_raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = _find(name)
     if path.stem in seen:
         raise ConfigError(f"arch config {path.stem!r}: 'extends' cycle through {' -> '.join(seen)}")
@@ -79,7 +80,7 @@ def _resolve_raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     raw.setdefault("name", path.stem)
     parent = raw.get("extends")
     if parent:
-        base = _resolve_raw(str(parent), (*seen, path.stem))
+        base = resolve_raw(str(parent), (*seen, path.stem))
         base.pop("description", None)
         raw = _deep_merge(base, raw)
     return raw
@@ -111,7 +112,7 @@ def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _apply_override(raw: dict[str, Any], schema: type[BaseModel], key: str, value: Any) -> None:
+def apply_override(raw: dict[str, Any], schema: type[BaseModel], key: str, value: Any) -> None:
     parts = key.split(".")
     model: type[BaseModel] | None = schema
     node = raw
@@ -137,7 +138,7 @@ def _apply_override(raw: dict[str, Any], schema: type[BaseModel], key: str, valu
             node[part] = value
 
 
-def _one_line(exc: ValidationError, name: str) -> str:
+def one_line_error(exc: ValidationError, name: str) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
@@ -147,14 +148,13 @@ def _one_line(exc: ValidationError, name: str) -> str:
 
 
 def load_arch(name: str, overrides: dict[str, Any] | None = None) -> ArchParams:
-    """Resolve preset ``name`` (or a YAML path), apply overrides, validate against its family."""
-    from archsim.arch import get_family  # registry imports the family modules
-
-    raw = _resolve_raw(name)
+    """Resolve preset ``name`` (or a YAML path), apply overrides, validate against the schema
+    of the family the YAML names."""
+    raw = resolve_raw(name)
     family = get_family(str(raw.get("family", "")))
     for key, value in (overrides or {}).items():
-        _apply_override(raw, family.Params, key, value)
+        apply_override(raw, family.Params, key, value)
     try:
         return family.Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, str(raw.get("name")))) from None
+        raise ConfigError(one_line_error(exc, str(raw.get("name")))) from None

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from archsim.errors import ConfigError
+from archsim.core.errors import ConfigError
 
 
 class _Loader(yaml.SafeLoader):

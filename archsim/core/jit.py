@@ -7,8 +7,8 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from archsim._version import __version__
-from archsim.paths import numba_cache_dir
+from archsim.core.paths import numba_cache_dir
+from archsim.core.version import __version__
 
 
 def _writable(path: Path) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from archsim._version import __version__
+from archsim.core.version import __version__
 
-_PKG = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parent.parent  # the archsim package
 
 
 def data_dir(name: str) -> Path:

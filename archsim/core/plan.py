@@ -29,6 +29,8 @@ class Plan:
     need: MemoryNeed
     capacity_bytes_per_chip: float
     dp: int = 1
+    micro_batch: int = 0  # sequences per micro-batch of a pipeline (0: the whole batch)
+    micro_batches: int = 1  # micro-batches that follow each other down the pipeline
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import networkx as nx
 
-from archsim.errors import ModelError
+from archsim.core.errors import ModelError
+from archsim.graph.model import ModelSpec
 from archsim.graph.ops import Op, OpKind
-from archsim.model import ModelSpec
-from archsim.scenario import DTYPE_BYTES, Scenario
+from archsim.graph.scenario import DTYPE_BYTES, Scenario
 
 ELEM_BYTES = DTYPE_BYTES["bf16"]  # activations between kernels are stored in bf16
 
@@ -112,6 +112,7 @@ def _decoder_layer(g: nx.DiGraph, i: int, x_in: str | None, spec: ModelSpec, sc:
         # silu(gate) * up reads [t, 2*ffn] and writes [t, ffn]; plain gelu reads [t, ffn]
         replace(
             _elementwise(f"L{i}.act", OpKind.ACTIVATION, i, t, ffn, 2 if spec.gated_ffn else 1),
+            shape={"m": t, "n": ffn, "gated": int(spec.gated_ffn)},
             tp_role="column",
         ),
         _matmul(f"L{i}.down_proj", i, t, h, ffn, sc, "row"),

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from archsim.config.yamlio import load_yaml
-from archsim.errors import ConfigError, ModelError
-from archsim.paths import data_dir
+from archsim.core.errors import ConfigError, ModelError
+from archsim.core.paths import data_dir
 
 ALIASES = {
     "llama-70b": "llama3-70b",

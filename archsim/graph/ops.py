@@ -13,10 +13,12 @@ _SLICE_SUFFIX = re.compile(r"(\.c\d+)+$")
 class OpKind(StrEnum):
     EMBEDDING = "embedding"  # row gather from the token table
     MATMUL = "matmul"  # [m, k] @ [k, n] with a weight operand
+    BMM = "bmm"  # batch x ([m, k] @ [k, n]), both operands activations
     ATTENTION = "attention"  # softmax(Q K^T) V over the KV cache
-    NORM = "norm"  # RMSNorm over rows of width n
+    NORM = "norm"  # RMSNorm (or LayerNorm: shape["layernorm"] = 1) over rows of width n
+    SOFTMAX = "softmax"  # softmax over rows of width n
     ROPE = "rope"  # rotary embedding on q and k
-    ACTIVATION = "activation"  # silu(gate) * up, or gelu
+    ACTIVATION = "activation"  # silu(gate) * up (shape["gated"] = 1), or gelu
     RESIDUAL = "residual"  # x + f(x)
     ALL_REDUCE = "all_reduce"  # tensor-parallel sum across the chips of a stage
     SEND_RECV = "send_recv"  # activations to the next pipeline stage

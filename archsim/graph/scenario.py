@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from archsim.errors import ScenarioError
+from archsim.core.errors import ScenarioError
 
 # Bytes per element of each storage format. int4 packs two values per byte.
 DTYPE_BYTES: dict[str, float] = {

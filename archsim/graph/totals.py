@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from archsim.model import ModelSpec
+from archsim.graph.model import ModelSpec
 
 
 @dataclass(frozen=True)

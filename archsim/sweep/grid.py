@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from archsim.config.yamlio import load_yaml, parse_scalar
-from archsim.errors import ConfigError
+from archsim.core.errors import ConfigError
 
 SCENARIO_KEYS = ("arch", "model", "phase", "batch", "ctx", "seq", "precision", "chips", "layers")
 

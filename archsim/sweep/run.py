@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from archsim.errors import ArchsimError
+from archsim.core.errors import ArchsimError
 from archsim.sweep.grid import SweepPoint
 
 COLUMNS = [

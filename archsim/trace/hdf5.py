@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from archsim.errors import ArchsimError
+from archsim.core.errors import ArchsimError
 from archsim.result import Result
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVENT_FIELDS = (
     "start",
     "end",
+    "release",
     "unit",
     "chip",
     "opcode",
@@ -35,6 +36,7 @@ EVENT_FIELDS = (
     "n",
     "k",
     "issue",
+    "copy",
 )
 
 
@@ -68,7 +70,7 @@ def write_trace(result: Result, path: str | Path) -> Path:
             ev = f.create_group("events")
             n = len(s)
             chunk = (min(max(n, 1), 65536),)
-            cols = {"start": tl.start, "end": tl.end, **s.cols}
+            cols = {"start": tl.start, "end": tl.end, "release": tl.release, **s.cols}
             for name in EVENT_FIELDS:
                 ev.create_dataset(
                     name,

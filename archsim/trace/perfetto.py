@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from archsim.errors import ArchsimError
+from archsim.core.errors import ArchsimError
 
 
 def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
@@ -36,9 +36,13 @@ def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
                 "tid": u,
                 "name": f"{op_names[int(ev['op'][i])]}:{opcodes[int(ev['opcode'][i])]}",
                 "ts": float(ev["start"][i]) * us_per_cycle,
-                "dur": float(ev["end"][i] - ev["start"][i]) * us_per_cycle,
+                # a unit's track shows when it was held (a pipelined unit takes its next
+                # instruction before this one's result is ready: slices must not overlap)
+                "dur": float(ev["release"][i] - ev["start"][i]) * us_per_cycle,
                 "args": {
                     "layer": int(ev["layer"][i]),
+                    "copy": int(ev["copy"][i]),
+                    "ready_cycle": int(ev["end"][i]),
                     "offchip_bytes": float(ev["offchip_bytes"][i]),
                     "onchip_bytes": float(ev["onchip_bytes"][i]),
                     "link_bytes": float(ev["link_bytes"][i]),

@@ -12,9 +12,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from archsim._numba import njit
+from archsim.core.isa import Timing
+from archsim.core.jit import njit
 
-# opcodes (the order of GpuFamily.opcodes)
+# opcodes (the order of lower.OPCODES)
 GEMM, ATTN_DECODE, ATTN_PREFILL, ELEMENTWISE, ALL_REDUCE, SEND_RECV, LAUNCH = range(7)
 
 
@@ -80,6 +81,7 @@ def gemm_seconds(
     M,
     N,
     K,
+    batch,
     a_el,
     w_el,
     rate,
@@ -97,8 +99,9 @@ def gemm_seconds(
     max_split,
     bk,
 ):
-    """Fastest (BM, BN, split-K) a cuBLAS/CUTLASS-like library would pick; returns
-    (seconds, bm, bn, split).
+    """Fastest (BM, BN, split-K) a cuBLAS/CUTLASS-like library would pick for ``batch``
+    independent [M, K] @ [K, N] products (1: a plain GEMM; more: strided-batched); returns
+    (seconds, bm, bn, split, tensor seconds).
 
     Per candidate: tiles T = ceil(M/BM) ceil(N/BN) S, waves ceil(T/SMs); tensor time = waves x
     one tile's MACs at the sustained MMA rate; HBM time = compulsory bytes / bandwidth of the
@@ -121,23 +124,23 @@ def gemm_seconds(
                 continue  # narrow N tiles only in the skinny (BM = 64) kernels
             nt = (N + bn - 1) // bn
             for s in range(1, max_split + 1):
-                tiles = mt * nt * s
-                if s > 1 and mt * nt * (s - 1) >= sms:
+                tiles = mt * nt * s * batch
+                if s > 1 and mt * nt * batch * (s - 1) >= sms:
                     break  # more splits only add partials once the SMs are full
                 kiters = ((K + s - 1) // s + bk - 1) // bk
                 waves = (tiles + sms - 1) // sms
                 tile_clk = kiters * bk * bm * bn * 2.0 / (rate * mma_eff)
                 t_c = waves * tile_clk / f_mma
                 active = min(tiles, sms)
-                partials = 4.0 * M * N * s if s > 1 else 0.0
-                hbm = N * K * w_el + M * K * a_el + M * N * 2.0 + partials
+                partials = 4.0 * M * N * s * batch if s > 1 else 0.0
+                hbm = batch * (N * K * w_el + M * K * a_el + M * N * 2.0) + partials
                 t_h = hbm / _stream_bw(active, hbm_bw, per_sm_bw)
                 b_share = 0.5 if M >= 512 else 1.0
                 l2 = tiles * kiters * bk * (rows * a_el + bn * w_el * b_share)
                 t_l2 = l2 / (l2_bw_clk * f_boost)
                 t = _smooth_max(t_c, max(t_h, t_l2), p) + fixed + gap
                 if s > 1:  # reduce kernel: read fp32 partials, write bf16 output
-                    t += gap + ew_fixed + (partials + 2.0 * M * N) / hbm_bw
+                    t += gap + ew_fixed + (partials + 2.0 * M * N * batch) / hbm_bw
                 if t < best_t:
                     best_t = t
                     best_bm = bm
@@ -318,7 +321,7 @@ def gpu_durations(
 ):
     """Cycles (at the boost clock) of every instruction, and the choice made (tile/split).
 
-    Column meanings per opcode (set by GpuFamily.lower): GEMM m, n, k, aux = dtype code;
+    Column meanings per opcode (set by lower.py): GEMM m, n, k, g = batch, aux = dtype code;
     attention g = batch, h = query heads, m = q_len, n = kv_len, k = head_dim, aux = KV heads
     (decode) or 1 (causal prefill); ELEMENTWISE aux = CTAs, g = kernel class, h = bytes of
     one row walked serially, k = distinct bytes the op touches (L2 residency); ALL_REDUCE
@@ -397,6 +400,7 @@ def _one(
             m[i],
             n[i],
             k[i],
+            max(g[i], 1),
             a_el,
             w_el,
             rate,
@@ -496,3 +500,73 @@ def _one(
     elif op == LAUNCH:
         t = q.eager_gemm_launch if aux[i] == 1 else q.eager_launch
     return t, tc
+
+
+# ---- glue: the config -> the kernels' arguments (plain Python) ------------------------------
+def timing_record(p) -> GpuTiming:
+    """The config's scalars as the one record the numba kernels take."""
+    c, m, k, ln = p.chip, p.memory, p.kernel, p.links
+    return GpuTiming(
+        sms=c.sms,
+        f_boost=c.boost_clock_hz,
+        f_sust=c.sustained_clock_hz,
+        boost_window=c.boost_window_s,
+        attn_eff=c.attention_mma_efficiency,
+        hbm_bw=m.hbm_bw_bytes_per_s,
+        per_sm_bw=m.per_sm_bw_bytes_per_s,
+        l2_bw_clk=m.l2_bw_bytes_per_clk,
+        per_sm_l2_bw=m.per_sm_l2_bw_bytes_per_s,
+        strided_l2_bw=m.strided_l2_bw_bytes_per_s,
+        strided_hbm_bw=m.strided_hbm_bw_bytes_per_s,
+        row_bw=m.norm_row_bw_bytes_per_s,
+        gap=k.graph_launch_gap_s,
+        eager_launch=k.eager_launch_s,
+        eager_gemm_launch=k.eager_gemm_launch_s,
+        gemm_fixed=k.gemm_fixed_s,
+        ew_fixed=k.elementwise_fixed_s,
+        attn_fixed=k.attention_fixed_s,
+        attn_cta_fixed=k.attention_cta_fixed_s,
+        p=k.overlap_exponent,
+        max_split=k.max_split_k,
+        bk=k.gemm_tile_k,
+        blk=k.attention_block,
+        max_kv_splits=k.max_kv_splits,
+        nvlink_bw=ln.nvlink_bw_bytes_per_s,
+        ll_base=ln.allreduce_base_s,
+        ll_hop=ln.allreduce_hop_s,
+        ll_bw=ln.allreduce_ll_bw_fraction * ln.nvlink_bw_bytes_per_s,
+        simple_base=ln.allreduce_simple_base_s,
+        simple_hop=ln.allreduce_simple_hop_s,
+        so_bw=ln.scaleout_bw_bytes_per_s,
+        so_lat=ln.scaleout_latency_s,
+    )
+
+
+def gpu_timing(stream, p) -> Timing:
+    """Every kernel's cycles (at the boost clock) and choice; a kernel holds its unit (the SM
+    array, the host thread or the copy path) until it finishes."""
+    c = p.chip
+    # per DTYPE_CODE: bf16, fp8, int8, int4 (W4A16 dequantises to bf16 in the main loop)
+    rate = np.array(
+        [
+            c.tensor_flops_per_clk_per_sm_bf16,
+            c.tensor_flops_per_clk_per_sm_fp8,
+            c.tensor_ops_per_clk_per_sm_int8,
+            c.tensor_flops_per_clk_per_sm_bf16,
+        ]
+    )
+    eff = np.array(
+        [c.mma_efficiency, c.mma_efficiency_fp8, c.mma_efficiency_int8, c.mma_efficiency]
+    )
+    el = np.array([2.0, 1.0, 1.0, 0.5])
+    s = stream
+    cycles, choice = gpu_durations(
+        s.opcode, s.m, s.n, s.k, s.g, s.h, s.aux, s.offchip_bytes, s.onchip_bytes, s.link_bytes,
+        rate, el, eff, timing_record(p),
+    )  # fmt: skip
+    return Timing.fixed(cycles, choice=choice)
+
+
+def decode_gemm_choice(code: int) -> dict[str, int]:
+    """The tile and split-K a GEMM's choice code holds (bm x 1e6 + bn x 1e3 + split)."""
+    return {"tile_m": code // 1_000_000, "tile_n": code // 1000 % 1000, "split_k": code % 1000}

@@ -3,12 +3,15 @@
 Grain: one instruction per (op, chip, functional unit) pass over a tensor, e.g. one MXM plane
 streaming its share of an op's weight tiles, one VXM chain over an op's vectors, one C2C
 transfer of an op's activations. The per-vector pipelining inside a pass is counted by the
-timing equations (archsim/arch/tsp_timing.py). The stream holds chip 0 of each pipeline
-stage (the chips of a tensor group are symmetric); units are named per slice:
-``chip3.mxm0``, ``chip3.vxm``, ``chip3.sxm``, ``chip3.mem``, ``chip3.c2c7``.
+timing equations (``timing.py``). The stream holds chip 0 of each pipeline stage (the chips of
+a tensor group are symmetric); units are named per slice: ``chip3.mxm0``, ``chip3.vxm``,
+``chip3.sxm``, ``chip3.mem``, ``chip3.c2c7``.
 
-One micro-batch is lowered: the compiler splits the ``batch`` sequences into
-``plan.extra["micro_batches"]`` micro-batches that follow each other down the pipeline.
+The compiler splits the ``batch`` sequences into ``plan.micro_batches`` micro-batches of
+``plan.micro_batch`` that follow each other down the pipeline. :class:`Lowerer` emits one
+micro-batch's trip; :func:`compile_program` replicates it into the program the chips run
+(several micro-batches, one or two rounds) and gives every instruction its issue cycle with
+the generic list scheduler.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ import math
 
 import networkx as nx
 
-from archsim.arch.tsp_params import TspParams
-from archsim.arch.tsp_timing import MODE_FP8, MODE_FP16, MODE_INT8
-from archsim.compiler.plan import Plan
-from archsim.errors import UnsupportedOpError
+from archsim.compiler.schedule import issue_order, list_schedule
+from archsim.core.errors import ScenarioError, UnsupportedOpError
+from archsim.core.isa import InstructionStream, StreamBuilder, Timing
+from archsim.core.plan import Plan
+from archsim.families.tsp.params import TspParams
+from archsim.families.tsp.timing import MODE_FP8, MODE_FP16, MODE_INT8, OPCODES, tsp_timing
 from archsim.graph.build import ops_in_order
 from archsim.graph.ops import Op, OpKind
-from archsim.isa import StreamBuilder
-from archsim.scenario import DTYPE_BYTES, Scenario
+from archsim.graph.scenario import DTYPE_BYTES, Scenario
 
 ACC_BYTES = 4  # MXM results leave as int32/fp32: 4 streams per 320 outputs (ISCA20 (r))
 
@@ -55,7 +59,7 @@ class Lowerer:
     def __init__(self, g: nx.DiGraph, plan: Plan, p: TspParams, sc: Scenario, opcodes) -> None:
         self.g, self.plan, self.p, self.sc = g, plan, p, sc
         self.b = StreamBuilder(opcodes)
-        self.mb = int(plan.extra.get("micro_batch", sc.batch))
+        self.mb = plan.micro_batch or sc.batch
         self.f = self.mb / sc.batch  # share of the batch in one micro-batch
         self.out_of: dict[str, list[int]] = {}
         self.next_plane: dict[int, int] = {}
@@ -163,15 +167,34 @@ class Lowerer:
             return [self.matmul(op, deps)]
         if kind == OpKind.ATTENTION:
             return [self.attention(op, deps)]
+        if kind == OpKind.NORM and op.dim("layernorm"):
+            # mean (sum, lane reduction), then x - mean, its squares and their reduction,
+            # then rsqrt and the scale and shift
+            v = self.vectors(op.act_in_bytes * f)
+            a = self.vxm(op, deps, v, fp=1)
+            r = self.sxm(op, [a], self.rows(op), self.reduce_steps)
+            c = self.vxm(op, [r], v, fp=2)
+            r2 = self.sxm(op, [c], self.rows(op), self.reduce_steps)
+            return [self.vxm(op, [r2], v, fp=2, tr=1, cast=1)]
         if kind == OpKind.NORM:  # sum of squares, lane reduction, rsqrt and two scales
             v = self.vectors(op.act_in_bytes * f)
             a = self.vxm(op, deps, v, fp=2)
             r = self.sxm(op, [a], self.rows(op), self.reduce_steps)
             return [self.vxm(op, [r], v, fp=2, tr=1, cast=1)]
+        if kind == OpKind.SOFTMAX:  # exp (max-subtracted), row sums, reciprocal and scale
+            v = self.vectors(op.act_in_bytes * f)
+            e = self.vxm(op, deps, v, fp=2, tr=1)
+            s = self.sxm(op, [e], self.rows(op), self.reduce_steps)
+            return [self.vxm(op, [s], v, fp=1, tr=1, cast=1)]
+        if kind == OpKind.BMM:
+            return [self.bmm(op, deps)]
         if kind == OpKind.ROPE:  # pair permute, then x*cos + rot(x)*sin
             v = self.vectors(op.act_in_bytes * f)
             r = self.sxm(op, deps, v, 1)
             return [self.vxm(op, [r], v, fp=3)]
+        if kind == OpKind.ACTIVATION and not op.dim("gated"):
+            # gelu (tanh form): 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+            return [self.vxm(op, deps, self.vectors(op.act_in_bytes * f), fp=5, tr=1)]
         if kind == OpKind.ACTIVATION:  # silu(gate) * up = g / (1 + exp(-g)) * up
             return [self.vxm(op, deps, self.vectors(op.act_in_bytes * f), fp=3, tr=2)]
         if kind == OpKind.RESIDUAL:
@@ -203,6 +226,21 @@ class Lowerer:
         )  # fmt: skip
         return self.requant(op, planes, rows * op.dim("n"))
 
+    def bmm(self, op: Op, deps: list[int]) -> int:
+        """batch x ([m, k] @ [k, n]): each [k, n] operand is installed in the MXM as weights
+        (ceil(k/D) x ceil(n/D) tiles per batch element) and its m rows streamed through."""
+        dim = self.p.mxm.plane_dim
+        mode = mxm_mode(self.p, op.act_dtype, op.act_dtype)
+        el = DTYPE_BYTES[op.act_dtype]
+        batch = max(1, op.dim("batch"))
+        kt, nt = math.ceil(op.dim("k") / dim), math.ceil(op.dim("n") / dim)
+        rhs = batch * op.dim("k") * op.dim("n") * el  # the installed operand
+        planes = self.mxm(
+            op, deps, self.rows(op), batch * kt * nt, math.ceil(op.dim("k") / kt), mode, el,
+            rhs * self.f, op.flops * self.f, (op.act_in_bytes - rhs) * self.f,
+        )  # fmt: skip
+        return self.requant(op, planes, batch * self.rows(op) * op.dim("n"))
+
     def attention(self, op: Op, deps: list[int]) -> int:
         """softmax(Q K^T) V with the KV cache installed in the MXM as weights: K^T [d, L] and
         V [L, d] per (sequence, KV head); the query heads sharing a KV head are the rows."""
@@ -220,12 +258,13 @@ class Lowerer:
         append = self.emit(
             "mem", "mem", op, deps, m=self.vectors(kv_new),
             aux=2 * self.p.place.vxm_operand_slices, onchip_bytes=2.0 * kv_new,
-        )  # fmt: skip
+        ) if kv_new > 0 else None  # fmt: skip
         lt = math.ceil(kv_len / dim)
         qk_tiles = max(1, round(mb * kvh * math.ceil(d / dim) * lt * frac))
         kv_half = op.kv_read_bytes * f / 2
-        qk = self.mxm(  # the new token's K is in the cache first
-            op, [append], rows, qk_tiles, min(d, dim), mode, el, kv_half, op.flops * f / 2,
+        first = [append] if append is not None else deps  # the new token's K is in the cache
+        qk = self.mxm(
+            op, first, rows, qk_tiles, min(d, dim), mode, el, kv_half, op.flops * f / 2,
             op.act_in_bytes * f,
         )  # fmt: skip
         scores = mb * heads * q_len * kv_len * frac * ACC_BYTES
@@ -244,8 +283,66 @@ class Lowerer:
         """One-shot reduce-scatter + all-gather over the fully connected tensor group: each
         phase sends 1/tp of the tensor to each of the tp-1 peers on its own link."""
         tp = op.group
+        if tp > self.p.system.chips_per_node:
+            raise ScenarioError(
+                f"groq-like all-reduces inside one fully connected node of "
+                f"{self.p.system.chips_per_node} chips; {tp} ranks asked"
+            )
         chunk = op.link_bytes * self.f / tp
         hops = self.p.system.hops_in_node
         scatter = [self.transfer(op, deps, j, chunk, hops) for j in range(tp - 1)]
         add = self.vxm(op, scatter, self.vectors(chunk), fp=tp - 1)
         return [self.transfer(op, [add], j, chunk, hops) for j in range(tp - 1)]
+
+
+def program_shape(micro_batches: int, cap: int) -> tuple[int, int]:
+    """(micro-batches simulated, rounds simulated) of a step of ``micro_batches``.
+
+    One micro-batch: one round (the next token waits for this one: the period is the trip).
+    More: two rounds of up to ``cap`` of them, so that the second round's start waits both
+    for the first round's tokens (latency) and for the stages to drain the other
+    micro-batches (throughput). Up to ``cap`` the period between rounds comes out of the
+    timeline; above it, it is extrapolated (``plan.round_period``)."""
+    if micro_batches == 1:
+        return 1, 1
+    return min(micro_batches, cap), 2
+
+
+def lower_micro_batch(g: nx.DiGraph, plan: Plan, p: TspParams, sc: Scenario) -> InstructionStream:
+    """One micro-batch's trip through every pipeline stage (no issue cycles yet)."""
+    b = Lowerer(g, plan, p, sc, OPCODES).lower()
+    b.meta.update(family="groq-like", micro_batch=str(plan.micro_batch or sc.batch))
+    return b.build()
+
+
+def compile_program(
+    g: nx.DiGraph,
+    plan: Plan,
+    p: TspParams,
+    sc: Scenario,
+    micro_batches: int,
+    rounds: int,
+    trip: InstructionStream | None = None,
+) -> tuple[InstructionStream, Timing]:
+    """The statically scheduled program: ``rounds`` x ``micro_batches`` copies of one
+    micro-batch's trip (``trip``, lowered here if not given). The list scheduler lets each
+    functional unit take the next ready pass of any micro-batch (earlier micro-batches
+    first), as the compiler interleaves them; the program is then put in issue order, so that
+    every unit's queue runs in order."""
+    trip = lower_micro_batch(g, plan, p, sc) if trip is None else trip
+    stream = trip.replicated(micro_batches, rounds)
+    timing = tsp_timing(stream, p)
+    if micro_batches * rounds == 1:  # one trip: the units run it in program order
+        stream.cols["issue"][:] = list_schedule(stream, timing)
+        return stream, timing
+    issue = list_schedule(stream, timing, reorder=True)
+    stream.cols["issue"][:] = issue
+    order = issue_order(stream, issue)
+    return stream.permuted(order), _take(timing, order)
+
+
+def _take(timing: Timing, order) -> Timing:
+    """The timing of a permuted stream."""
+    choice = None if timing.choice is None else timing.choice[order]
+    return Timing(timing.work[order], timing.latency[order], timing.interval[order],
+                  timing.resource_bw, choice)  # fmt: skip

@@ -103,6 +103,17 @@ class TspSystem(Section):
     max_chips: int = field("largest system the network supports")
 
 
+class TspCompiler(Section):
+    """How much of the program the simulator runs (not hardware: fidelity against speed)."""
+
+    max_simulated_micro_batches: int = field(
+        "micro-batches simulated through the pipeline; above this the round period is "
+        "extrapolated from their steady departures (at least 2)",
+        gt=None,
+        ge=2,
+    )
+
+
 class TspParams(ArchParams):
     chip: TspChip
     mem: TspMem
@@ -112,3 +123,4 @@ class TspParams(ArchParams):
     place: TspPlace
     links: TspLinks
     system: TspSystem
+    compiler: TspCompiler

@@ -14,9 +14,11 @@ import math
 
 import numpy as np
 
-from archsim._numba import njit
+from archsim.core.isa import Timing
+from archsim.core.jit import njit
 
-# opcodes (the order of TspFamily.opcodes)
+# opcodes, in this order
+OPCODES = ["mxm", "vxm", "sxm", "mem", "c2c"]
 MXM, VXM, SXM, MEM, C2C = range(5)
 # MXM modes (g column of an mxm instruction)
 MODE_INT8, MODE_FP8, MODE_FP16 = range(3)
@@ -147,3 +149,40 @@ def tsp_durations(
             nh = n[i]
             out[i] = R + hops + m[i] * ser + nh * flight + (nh - 1) * (fwd + ser) + recv + W
     return out
+
+
+# ---- glue: the config -> the kernel's arguments (plain Python) ------------------------------
+def link_cycles(p) -> tuple[int, int]:
+    """(serialisation cycles per vector per link, flight cycles per hop)."""
+    c, ln = p.chip, p.links
+    ser = serialise_cycles(c.vector_bytes, c.clock_hz, ln.link_bw_bytes_per_s)
+    return ser, round(ln.link_latency_s * c.clock_hz)
+
+
+def tsp_timing(stream, p) -> Timing:
+    """Cycles of every pass. A pass holds its functional unit from issue to its last write,
+    except a C2C transfer, whose port is free again once it has serialised its vectors (the
+    flight and the receiving end are in the wire and the peer, not the port)."""
+    c, m, v, x, pl, ln = p.chip, p.mem, p.vxm, p.mxm, p.place, p.links
+    ser, flight = link_cycles(p)
+    rate = np.array([x.int8_rate_fraction, x.fp8_rate_fraction, x.fp16_rate_fraction])
+    rate = np.where(rate > 0, rate, 1e-30)  # an absent mode is refused at lowering
+    s = stream
+    cycles = tsp_durations(
+        s.opcode, s.m, s.n, s.k, s.g, s.h, s.aux, rate,
+        c.stream_hop_slices, c.stream_hop_cycles, m.read_latency_cycles,
+        m.write_latency_cycles, (c.superlanes - 1) * c.superlane_skew_cycles,
+        pl.weight_feed_slices, pl.act_feed_slices, pl.result_slices,
+        x.weight_streams_per_plane, x.latency_cycles, x.buffer_swap_cycles,
+        v.alus_per_lane, v.int_latency_cycles, v.fp_latency_cycles, v.cast_latency_cycles,
+        v.transcendental_latency_cycles, p.sxm.latency_cycles,
+        ser, flight, ln.receive_cycles, ln.forward_cycles,
+    )  # fmt: skip
+    interval = np.full(len(cycles), -1, dtype=np.int64)
+    c2c = s.opcode == C2C
+    # Read, the stream to the C2C block, then one vector serialised after another
+    hops = -(-s.aux[c2c] // c.stream_hop_slices) * c.stream_hop_cycles
+    interval[c2c] = m.read_latency_cycles + hops + s.m[c2c] * ser
+    return Timing(
+        work=cycles, latency=np.zeros_like(cycles), interval=interval, resource_bw=np.zeros(0)
+    )

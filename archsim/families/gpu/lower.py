@@ -1,0 +1,191 @@
+"""Lowering for h100-like: each op of the partitioned graph -> the kernels a serving stack
+launches (GEMM, FlashAttention decode/prefill with its KV-cache append, elementwise kernels,
+NCCL all-reduce, a send to the next pipeline stage).
+
+Kernels of one GPU run one after another on its SM array (``gpu<s>.sm``); with CUDA graphs
+each pays only the GPU-side gap, eagerly a host unit (``gpu<s>.host``) issues every launch
+and the GPU waits for it when kernels are short. A send runs on the copy path
+(``gpu<s>.nvlink``). Column meanings per opcode are listed in ``timing.gpu_timing``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import networkx as nx
+
+from archsim.core.errors import ScenarioError
+from archsim.core.isa import InstructionStream, StreamBuilder
+from archsim.core.plan import Plan
+from archsim.families.gpu.params import GpuParams
+from archsim.graph.build import ops_in_order
+from archsim.graph.ops import Op, OpKind
+
+OPCODES = [
+    "gemm",
+    "attn_decode",
+    "attn_prefill",
+    "elementwise",
+    "all_reduce",
+    "send_recv",
+    "launch",
+]
+# dtype code -> index into the rate / element-size tables passed to the timing kernel
+DTYPE_CODE = {"bf16": 0, "fp16": 0, "fp32": 0, "fp8": 1, "int8": 2, "int4": 3}
+ELEMENTS_PER_CTA = 2048  # elementwise kernels: 256 threads x 8 elements (one 16 B vector each)
+# elementwise kernel classes (timing.elementwise_seconds)
+VECTORISED, STRIDED, ROW_REDUCTION = 0, 1, 2
+
+
+def cuda_graphs(p: GpuParams, phase: str) -> bool:
+    """Whether this phase's kernels are replayed from a CUDA graph (no host launch)."""
+    return p.kernel.decode_cuda_graphs if phase == "decode" else p.kernel.prefill_cuda_graphs
+
+
+def lower(g: nx.DiGraph, plan: Plan, p: GpuParams, phase: str) -> InstructionStream:
+    """The kernels of every stage's GPU, in graph order."""
+    b = StreamBuilder(OPCODES)
+    graphs = cuda_graphs(p, phase)
+    b.meta.update(family="h100-like", cuda_graphs=str(graphs))
+    last_kernel: dict[int, int] = {}
+    last_launch: dict[int, int] = {}
+    out_of: dict[str, int] = {}  # op id -> index of its last instruction
+
+    def emit(op: Op, opcode: str, unit: str = "sm", **kw: Any) -> int:
+        s = op.stage
+        deps = [last_kernel.get(s, -1)] + [out_of[x] for x in g.predecessors(op.id)]
+        if not graphs:
+            launch = b.add(
+                "launch",
+                unit=f"gpu{s}.host",
+                op=op.id,
+                chip=s,
+                layer=op.layer,
+                aux=int(opcode == "gemm"),  # torch.matmul dispatch costs more host time
+                deps=[last_launch.get(s, -1)],
+            )
+            last_launch[s] = launch
+            deps.append(launch)
+        i = b.add(opcode, unit=f"gpu{s}.{unit}", op=op.id, chip=s, layer=op.layer, deps=deps, **kw)
+        last_kernel[s] = i
+        return i
+
+    for op in ops_in_order(g):
+        out_of[op.id] = lower_op(op, emit, plan, p)
+    return b.build()
+
+
+def lower_op(op: Op, emit, plan: Plan, p: GpuParams) -> int:
+    """Emit the kernels of one op; returns the index of the last one."""
+    kind = op.kind
+    l2 = p.memory.l2_bytes
+    if kind in (OpKind.MATMUL, OpKind.BMM):
+        # a batched GEMM (both operands activations) is one strided-batched cuBLAS kernel
+        dtype = op.weight_dtype if kind == OpKind.MATMUL else op.act_dtype
+        return emit(
+            op, "gemm", m=op.dim("m"), n=op.dim("n"), k=op.dim("k"),
+            g=max(1, op.dim("batch")), aux=DTYPE_CODE[dtype],
+            offchip_bytes=op.mem_bytes, flops=op.flops,
+        )  # fmt: skip
+    if kind == OpKind.ATTENTION:
+        return _attention(op, emit, p, l2)
+    if kind == OpKind.NORM:  # one CTA per row; the first kernel walks the rows
+        return _repeat(op, emit, p.kernel.norm_kernels, op.dim("m"), ROW_REDUCTION, l2)
+    if kind == OpKind.SOFTMAX:  # one fused kernel, one CTA per row (max, exp-sum, scale)
+        return _repeat(op, emit, 1, op.dim("m"), ROW_REDUCTION, l2)
+    if kind == OpKind.EMBEDDING:
+        return _repeat(op, emit, 1, op.dim("m"), VECTORISED, l2)
+    if kind == OpKind.ACTIVATION:
+        if not op.dim("gated"):  # gelu: one vectorised pass over [t, f]
+            return _repeat(op, emit, 1, _ctas(op.act_out_bytes), VECTORISED, l2)
+        return _activation(op, emit, p.kernel.activation_kernels, l2)
+    if kind == OpKind.ROPE:
+        ctas = _ctas(op.act_out_bytes / p.kernel.rope_kernels)
+        return _repeat(op, emit, p.kernel.rope_kernels, ctas, VECTORISED, l2)
+    if kind == OpKind.RESIDUAL:
+        return _repeat(op, emit, 1, _ctas(op.act_out_bytes), VECTORISED, l2)
+    if kind == OpKind.ALL_REDUCE:
+        if op.group > p.links.scale_up_domain:
+            raise ScenarioError(
+                f"h100-like models an all-reduce inside one NVLink domain of "
+                f"{p.links.scale_up_domain} GPUs; {op.group} ranks asked"
+            )
+        # NCCL kernels run on the SMs and the next GEMM needs the reduced sum, so the
+        # all-reduce serialises with the compute stream (no overlap in a decode step)
+        return emit(
+            op, "all_reduce", g=op.group, m=op.dim("m"), n=op.dim("n"),
+            link_bytes=op.link_bytes, offchip_bytes=op.mem_bytes,
+        )  # fmt: skip
+    if kind == OpKind.SEND_RECV:
+        domain = p.links.scale_up_domain
+        first_chip = op.stage * plan.tp
+        crosses = first_chip // domain != (first_chip + plan.tp) // domain
+        return emit(
+            op, "send_recv", unit="nvlink", aux=int(crosses), m=op.dim("m"), n=op.dim("n"),
+            link_bytes=op.link_bytes, offchip_bytes=op.mem_bytes,
+        )  # fmt: skip
+    raise AssertionError(f"h100-like cannot lower {kind} (supported_ops should refuse it)")
+
+
+def _attention(op: Op, emit, p: GpuParams, l2: float) -> int:
+    """The KV-cache append (read the new K, V and write them into the cache), then one
+    FlashAttention kernel: Flash-Decoding over the cache, or FA3 causal prefill."""
+    reps = p.kernel.kv_write_kernels
+    if op.kv_write_bytes > 0:
+        for _ in range(reps):
+            emit(
+                op, "elementwise", m=op.dim("batch") * op.dim("q_len"),
+                aux=_ctas(op.kv_write_bytes / reps),
+                **_tier(2 * op.kv_write_bytes / reps, 2 * op.kv_write_bytes, l2),
+            )  # fmt: skip
+    prefill = op.dim("q_len") > 1
+    return emit(
+        op, "attn_prefill" if prefill else "attn_decode",
+        m=op.dim("q_len"), n=op.dim("kv_len"), k=op.dim("head_dim"), g=op.dim("batch"),
+        h=op.dim("heads"), aux=op.dim("causal") if prefill else op.dim("kv_heads"),
+        offchip_bytes=op.kv_read_bytes + op.act_in_bytes + op.act_out_bytes, flops=op.flops,
+    )  # fmt: skip
+
+
+def _ctas(out_bytes: float) -> int:
+    return max(1, math.ceil(out_bytes / 2 / ELEMENTS_PER_CTA))
+
+
+def _tier(nbytes: float, footprint: float, l2_bytes: float) -> dict[str, float]:
+    """An elementwise kernel's bytes come from L2 when the op's distinct bytes fit in it
+    (its inputs were just written by the previous kernel; L2 is write-back), else HBM."""
+    if footprint <= l2_bytes:
+        return {"onchip_bytes": nbytes}
+    return {"offchip_bytes": nbytes}
+
+
+def _repeat(op: Op, emit, reps: int, ctas: int, kclass: int, l2_bytes: float) -> int:
+    """``reps`` kernels share the op's bytes (an unfused op is several passes). A row
+    reduction's first kernel walks one row of ``n`` bf16 elements serially per CTA."""
+    last = -1
+    for r in range(reps):
+        row = 2 * op.dim("n") if (kclass == ROW_REDUCTION and r == 0) else 0
+        last = emit(
+            op, "elementwise", m=op.dim("m"), n=op.dim("n"),
+            g=kclass if r == 0 else VECTORISED, h=row, aux=ctas,
+            **_tier(op.mem_bytes / reps, op.mem_bytes, l2_bytes),
+        )  # fmt: skip
+    return last
+
+
+def _activation(op: Op, emit, reps: int, l2_bytes: float) -> int:
+    """Fused silu_and_mul is one vectorised pass over contiguous [t, 2f] rows. Unfused,
+    each extra kernel reads and writes one [t, f] tensor (silu(gate) -> tmp) and the last
+    reads tmp and up and writes the output; all run on strided chunk views."""
+    unit = op.act_out_bytes  # one [t, f] bf16 tensor
+    kclass = VECTORISED if reps == 1 else STRIDED
+    footprint = op.mem_bytes + (reps - 1) * unit
+    last = -1
+    for r in range(reps):
+        nbytes = op.mem_bytes if r == reps - 1 else 2 * unit
+        last = emit(
+            op, "elementwise", m=op.dim("m"), n=op.dim("n"), g=kclass, aux=_ctas(unit),
+            **_tier(nbytes, footprint, l2_bytes),
+        )  # fmt: skip
+    return last
