@@ -43,6 +43,8 @@ class KernelResult:
     flops: float  # per call
     bytes_by_tier: dict[str, float]  # per call
     choice: dict[str, Any]  # what the family chose (tile, split, planes, launch, ...)
+    # cycles with no memory stall, where the family separates them (its choice has the key)
+    compute_cycles: float | None = None
     options: dict[str, str] = field(default_factory=dict)  # family kernel options used
     meta: dict[str, Any] = field(default_factory=dict)
     stream: Any = field(default=None, repr=False)
@@ -129,6 +131,7 @@ def simulate_kernel(
     secs = tl.duration / clock
     by_bound = {b: float(secs[critical & (cls == i)].sum()) / repeat for i, b in enumerate(BOUNDS)}
     tiers = {name: float(stream.cols[col].sum()) / repeat for col, name in family.tiers.items()}
+    choice = _plain(family.kernel_choice(stream, timing, params))
     return KernelResult(
         arch=arch,
         family=family.name,
@@ -145,7 +148,8 @@ def simulate_kernel(
         time_by_bound=by_bound,
         flops=float(stream.flops.sum()) / repeat,
         bytes_by_tier=tiers,
-        choice=_plain(family.kernel_choice(stream, timing, params)),
+        choice=choice,
+        compute_cycles=choice.get("compute_cycles"),
         options=chosen,
         meta={
             "archsim_version": __version__,

@@ -120,7 +120,8 @@ class Family(ABC):
 
     def kernel_choice(self, stream: InstructionStream, timing: Timing, p: Any) -> dict[str, Any]:
         """What the family chose for a single op (``archsim kernel``): tile, split, dataflow,
-        planes... Default: nothing to report."""
+        planes... A ``compute_cycles`` key (cycles with no memory stall) is also reported at
+        the top of the kernel result. Default: nothing to report."""
         return {}
 
     def kernel_options(self) -> dict[str, tuple[str, ...]]:
