@@ -35,9 +35,16 @@ def _layers(value: str) -> int | None:
     return n
 
 
-def _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides) -> dict[str, Any]:
+def _scenario(
+    phase, batch, ctx, seq, precision, chips, layers, overrides, max_instructions=None
+) -> dict[str, Any]:
     """The keyword arguments of archsim.simulate from the shared scenario options."""
+    from archsim.pipeline import DEFAULT_MAX_INSTRUCTIONS
+
+    if max_instructions is not None and max_instructions <= 0:
+        raise ArchsimError(f"--max-instructions must be positive, got {max_instructions}")
     return dict(
+        max_instructions=max_instructions or DEFAULT_MAX_INSTRUCTIONS,
         phase=phase,
         batch=batch,
         ctx=ctx,
@@ -53,7 +60,18 @@ def _arch_list(archs: str) -> list[str]:
     """``--arch all`` or ``a,b,c`` -> preset names."""
     from archsim.config import arch_names
 
-    return arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+    names = arch_names() if archs == "all" else [a.strip() for a in archs.split(",") if a.strip()]
+    if not names:
+        raise ArchsimError(f"--arch names no architecture: {archs!r}")
+    return names
+
+
+def _check_archs(names: list[str]) -> None:
+    """Every name is a preset or a YAML path that resolves (checked before anything runs)."""
+    from archsim.config.arch import resolve_raw
+
+    for name in names:
+        resolve_raw(name)
 
 
 def scenario_options(f):
@@ -115,13 +133,23 @@ def scenario_options(f):
 
 
 class _Group(click.Group):
-    """Turns every error into one line on stderr and exit status 2."""
+    """Turns every error into one line on stderr and exit status 2 (bad input) or 1 (an
+    internal error, which is a bug: its one line says so); ``--debug`` anywhere on the
+    command line shows the traceback instead."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, args: list[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv
+        argv = [a for a in argv if a != "--debug"]
         kwargs["standalone_mode"] = False
         try:
-            rv = super().main(*args, **kwargs)
+            rv = super().main(argv, *rest, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `archsim` or a bare group
+            click.echo(exc.ctx.get_help() if exc.ctx else self.get_help(click.Context(self)))
+            sys.exit(0)
         except ArchsimError as exc:
+            if debug:
+                raise
             _fail(str(exc))
         except click.exceptions.Abort:
             _fail("aborted")
@@ -129,6 +157,17 @@ class _Group(click.Group):
             _fail(exc.format_message().replace("\n", " "))
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted")
+        except Exception as exc:  # a bug: one line, the traceback with --debug
+            if debug:
+                raise
+            click.echo(
+                f"archsim: internal error: {type(exc).__name__}: {exc} (a bug; rerun with "
+                "--debug for the traceback and report it)".replace("\n", " "),
+                err=True,
+            )
+            sys.exit(1)
         if isinstance(rv, int):
             sys.exit(rv)
         return rv
@@ -137,7 +176,9 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="archsim")
 def main() -> None:
-    """archsim: how many cycles, how much bandwidth and how many chips an LLM step takes."""
+    """archsim: how many cycles, how much bandwidth and how many chips an LLM step takes.
+
+    Add --debug anywhere to see the traceback of an error instead of its one line."""
 
 
 @main.command()
@@ -162,6 +203,13 @@ def main() -> None:
     default=None,
     help="also write a Perfetto/Chrome JSON timeline",
 )
+@click.option(
+    "--max-instructions",
+    type=int,
+    default=None,
+    help="refuse a step whose instruction stream the family estimates above this "
+    "(default 20,000,000, about 4 GB)",
+)
 def run(
     arch,
     model,
@@ -176,26 +224,46 @@ def run(
     as_json,
     trace_path,
     perfetto_path,
+    max_instructions,
 ) -> None:
     """Simulate one step of MODEL on ARCH."""
+    from archsim.outputs import check_target
     from archsim.pipeline import simulate
     from archsim.report import result_table
 
-    result = simulate(
-        arch, model, **_scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
+    for path, what in ((trace_path, "trace"), (perfetto_path, "perfetto timeline")):
+        if path:
+            check_target(path, what)  # refused before the simulation runs
+    scenario = _scenario(
+        phase, batch, ctx, seq, precision, chips, layers, overrides, max_instructions
     )
-    if trace_path or perfetto_path:
-        from archsim.trace import export_perfetto, read_trace, write_trace
+    result = simulate(arch, model, **scenario)
+    if trace_path:
+        from archsim.trace import write_trace
 
-        path = write_trace(result, trace_path or f"{perfetto_path}.h5")
-        click.echo(f"trace written to {path}", err=True)
-        if perfetto_path:
-            export_perfetto(read_trace(path), perfetto_path)
-            click.echo(f"perfetto timeline written to {perfetto_path}", err=True)
+        click.echo(f"trace written to {write_trace(result, trace_path)}", err=True)
+    if perfetto_path:
+        _perfetto(result, trace_path, perfetto_path)
     if as_json:
         click.echo(json.dumps(result.to_dict(), sort_keys=True))
     else:
         result_table(result)
+
+
+def _perfetto(result, trace_path: str | None, perfetto_path: str) -> None:
+    """Export the run's timeline to Perfetto JSON (through its HDF5 trace: the one written,
+    or a temporary one that is removed)."""
+    import tempfile
+
+    from archsim.trace import export_perfetto, read_trace, write_trace
+
+    if trace_path:
+        export_perfetto(read_trace(trace_path), perfetto_path)
+    else:
+        with tempfile.TemporaryDirectory(prefix="archsim-") as tmp:
+            path = write_trace(result, f"{tmp}/run.h5")
+            export_perfetto(read_trace(path), perfetto_path)
+    click.echo(f"perfetto timeline written to {perfetto_path}", err=True)
 
 
 @main.command()
@@ -211,6 +279,7 @@ def compare(
     from archsim.report import compare_table
 
     names = _arch_list(archs)
+    _check_archs(names)
     scenario = _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -479,6 +548,7 @@ def plot_breakdown_cmd(archs, model, phase, batch, ctx, seq, precision, chips, l
 
     check_output(out)
     names = _arch_list(archs)
+    _check_archs(names)
     scenario = _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
     results = []
     for name in names:

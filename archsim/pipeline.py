@@ -21,6 +21,8 @@ from archsim.graph.scenario import Precision, Scenario
 from archsim.result import Result, git_revision
 
 BOUNDS = ("compute", "memory", "communication", "overhead")
+# refuse a step whose instruction stream would be larger than this (about 200 B each)
+DEFAULT_MAX_INSTRUCTIONS = 20_000_000
 # an instruction is overhead-bound when its ideal (roofline) time is under this share of it
 OVERHEAD_SHARE = 0.5
 
@@ -106,9 +108,11 @@ def simulate(
     precision: str | Precision = "bf16",
     chips: int | str | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
+    max_instructions: int = DEFAULT_MAX_INSTRUCTIONS,
 ) -> Result:
     """Simulate one step. ``layers=None``: whole model; ``layers=N``: N decoder layers only.
-    ``chips=None`` or ``"auto"``: the fewest chips that hold the model."""
+    ``chips=None`` or ``"auto"``: the fewest chips that hold the model. A step whose stream
+    the family estimates above ``max_instructions`` is refused before it is lowered."""
     params = load_arch(arch, parse_overrides(overrides))
     spec = model if isinstance(model, ModelSpec) else load_model(model)
     prec = precision if isinstance(precision, Precision) else Precision.parse(precision)
@@ -119,6 +123,13 @@ def simulate(
     refuse_unsupported(g, family)
     plan = family.plan(g, params, _chips_arg(chips))
     pg = family.partition(g, plan, params)
+    estimate = family.instruction_estimate(pg, plan, params, sc)
+    if estimate > max_instructions:
+        raise ScenarioError(
+            f"this step would lower to about {estimate:,} instructions, over the limit of "
+            f"{max_instructions:,} (--max-instructions); simulate fewer layers (--layers) or "
+            "raise the limit if memory allows (~200 B per instruction)"
+        )
     stream = family.lower(pg, plan, params, sc)
     timing, tl = run_stream(family, params, stream)
     return _result(_Run(arch, family, params, spec, sc, layers, plan, pg, stream, timing, tl))

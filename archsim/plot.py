@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from archsim.core.errors import ArchsimError
+from archsim.outputs import check_target, write_with
 from archsim.result import Result
 
 
@@ -75,18 +76,14 @@ def check_output(out: str | Path) -> Path:
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ArchsimError(f"plot output must end in .png, .svg or .pdf, got {out.name!r}")
-    if not out.parent.exists():
-        raise ArchsimError(f"cannot write {out}: folder {out.parent} does not exist")
-    return out
+    return check_target(out, "figure")
 
 
 def _save(fig, out: str | Path) -> Path:
     out = check_output(out)
-    try:
-        fig.savefig(out, dpi=150, bbox_inches="tight")
-    except OSError as exc:
-        raise ArchsimError(f"cannot write {out}: {exc}") from None
-    return out
+    fmt = out.suffix.lower().lstrip(".")
+    return write_with(out, lambda tmp: fig.savefig(tmp, dpi=150, bbox_inches="tight",
+                                                   format=fmt), "figure")  # fmt: skip
 
 
 def plot_roofline(result: Result, out: str | Path) -> Path:

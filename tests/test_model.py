@@ -89,7 +89,7 @@ def test_hf_config_moe(tmp_path):
         ({"num_kv_heads": 7}, "not a multiple"),
         ({"hidden_size": -1}, "positive integer"),
         ({"activation": "relu6"}, "activation"),
-        ({"bogus_key": 1}, "unknown keys"),
+        ({"bogus_key": 1}, "unknown key"),
     ],
 )
 def test_bad_model_yaml(tmp_path, patch, message):

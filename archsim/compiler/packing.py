@@ -239,9 +239,19 @@ def plan_sram(
     if pp > len(ops):
         raise ScenarioError(f"{tp * pp} chips would need {pp} pipeline stages for {len(ops)} ops")
     sizes = [chip_bytes(op, tp, wb) for op in ops]
-    starts = balanced_cuts(sizes, pp)
-    bounds = [*starts, len(ops)]
-    fullest = max(sum(sizes[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+
+    def cut(stages: int) -> tuple[list[int], float]:
+        starts = balanced_cuts(sizes, stages)
+        bounds = [*starts, len(ops)]
+        return starts, max(sum(sizes[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+
+    starts, fullest = cut(pp)
+    # auto: the stage count came from the packing estimate (slices in proportion to their
+    # width); the slices themselves round up, so a balanced cut can miss by a few bytes:
+    # add stages until it fits
+    while chips is None and fullest > cap and (pp + 1) * tp <= max_chips and pp < len(ops):
+        pp += 1
+        starts, fullest = cut(pp)
     if fullest > cap:
         raise CapacityError(
             f"{spec.name} does not fit on {tp * pp} chip(s): the fullest chip needs "

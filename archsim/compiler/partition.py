@@ -129,11 +129,22 @@ def plan_memory_bound(
         plan, per_chip = plan_for(tp, pp)
         if per_chip <= capacity_bytes:
             return plan
+    tp, pp = tps[-1], min(n_layers, max(1, limit // tps[-1]))
+    _, fullest = plan_for(tp, pp)  # the finest split tried
+    if need.act_bytes >= capacity_bytes:
+        why = (
+            f"the step's working activations ({need.act_bytes / 1e9:.1f} GB, held by every "
+            f"chip) alone exceed a chip's {capacity_bytes / 1e9:.1f} GB"
+        )
+    else:
+        why = (
+            f"split {tp} x {pp} ways the fullest chip still needs {fullest / 1e9:.1f} GB "
+            f"({need.act_bytes / 1e9:.1f} GB of it activations, held by every chip) but "
+            f"holds {capacity_bytes / 1e9:.1f} GB"
+        )
     raise CapacityError(
-        f"{spec.name} does not fit on any number of chips up to "
-        f"{min(limit, tps[-1] * n_layers)}: it needs "
-        f"{need.total / 1e9:.1f} GB and each chip holds "
-        f"{capacity_bytes / 1e9:.1f} GB"
+        f"{spec.name} does not fit on any number of chips up to {tp * pp}: {why}; "
+        "use a smaller batch or sequence"
     )
 
 

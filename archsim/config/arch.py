@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from archsim.config.yamlio import load_yaml, parse_scalar
-from archsim.core.errors import ConfigError
+from archsim.core.errors import ConfigError, did_you_mean
 from archsim.core.paths import data_dir
 from archsim.core.registry import get_family
 
@@ -30,7 +30,7 @@ def field(description: str, *, unit: str = "", gt: float | None = 0, **kw: Any) 
 class Section(BaseModel):
     """A group of related parameters (chip, memory, links, ...). Frozen; unknown keys rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ArchParams(Section):
@@ -52,14 +52,20 @@ def arch_names() -> list[str]:
     return sorted(p.stem for p in data_dir("arch_configs").glob("*.yaml"))
 
 
-def _find(name: str) -> Path:
+def _find(name: str, beside: Path | None = None) -> Path:
+    """A YAML path, a preset beside the config that extends it, or a shipped preset."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
+    if beside is not None and (beside / f"{name}.yaml").is_file():
+        return beside / f"{name}.yaml"
     shipped = data_dir("arch_configs") / f"{name}.yaml"
     if shipped.is_file():
         return shipped
-    raise ConfigError(f"unknown arch {name!r} (valid: {', '.join(arch_names())})")
+    raise ConfigError(
+        f"unknown arch {name!r}{did_you_mean(name, arch_names())} "
+        f"(valid: {', '.join(arch_names())}, or a YAML path)"
+    )
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -72,15 +78,19 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = _find(name)
+def resolve_raw(
+    name: str, seen: tuple[str, ...] = (), beside: Path | None = None
+) -> dict[str, Any]:
+    """The raw mapping of preset ``name`` with its ``extends`` chain merged (a child's keys
+    override its parent's); ``extends`` names a preset beside the child or a shipped one."""
+    path = _find(name, beside)
     if path.stem in seen:
         raise ConfigError(f"arch config {path.stem!r}: 'extends' cycle through {' -> '.join(seen)}")
     raw = load_yaml(path)
     raw.setdefault("name", path.stem)
     parent = raw.get("extends")
     if parent:
-        base = resolve_raw(str(parent), (*seen, path.stem))
+        base = resolve_raw(str(parent), (*seen, path.stem), path.parent)
         base.pop("description", None)
         raw = _deep_merge(base, raw)
     return raw
@@ -119,11 +129,10 @@ def apply_override(raw: dict[str, Any], schema: type[BaseModel], key: str, value
     for i, part in enumerate(parts):
         fields = model.model_fields if model is not None else {}
         if part not in fields or part in ("name", "family", "extends"):
+            valid = [k for k in _schema_keys(schema) if k not in ("name", "family", "extends")]
             raise ConfigError(
-                f"unknown config key {key!r} for {raw.get('name')}; valid keys: "
-                + ", ".join(
-                    k for k in _schema_keys(schema) if k not in ("name", "family", "extends")
-                )
+                f"unknown config key {key!r} for {raw.get('name')}{did_you_mean(key, valid)}; "
+                "valid keys: " + ", ".join(valid)
             )
         ann = fields[part].annotation
         last = i == len(parts) - 1

@@ -27,3 +27,11 @@ class UnsupportedOpError(ArchsimError):
 
 class ScheduleError(ArchsimError):
     """A static schedule violates a resource or data dependency (a compiler bug)."""
+
+
+def did_you_mean(word: str, options) -> str:
+    """`` (did you mean 'x'?)`` for the closest option to a misspelt ``word``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -118,6 +118,12 @@ class Family(ABC):
         """Family-specific outputs merged into the Result (optional)."""
         return {}
 
+    def instruction_estimate(self, g: Any, plan: Plan, p: Any, sc: Any) -> int:
+        """An upper estimate of the instructions ``lower`` will emit for the partitioned
+        graph ``g`` (checked against ``--max-instructions`` before lowering). Default: 16
+        per op."""
+        return 16 * g.number_of_nodes()
+
     def kernel_choice(self, stream: InstructionStream, timing: Timing, p: Any) -> dict[str, Any]:
         """What the family chose for a single op (``archsim kernel``): tile, split, dataflow,
         planes... A ``compute_cycles`` key (cycles with no memory stall) is also reported at

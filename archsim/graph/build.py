@@ -140,6 +140,12 @@ def build_graph(spec: ModelSpec, sc: Scenario, layers: int | None = None) -> nx.
             f"model {spec.name!r} uses {what}, which archsim parses but cannot "
             "simulate yet (dense GQA/MHA models only)"
         )
+    if sc.kv_len > spec.max_position_embeddings:
+        what = f"ctx {sc.ctx} + 1 new token" if sc.phase == "decode" else f"seq {sc.seq}"
+        raise ModelError(
+            f"{what} exceeds {spec.name}'s max_position_embeddings "
+            f"{spec.max_position_embeddings} (the longest context it was trained for)"
+        )
     if layers is not None and not 0 < layers <= spec.num_layers:
         raise ModelError(
             f"layers must be between 1 and {spec.num_layers} for {spec.name}, got {layers}"

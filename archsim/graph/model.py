@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from archsim.config.yamlio import load_yaml
-from archsim.core.errors import ConfigError, ModelError
+from archsim.core.errors import ConfigError, ModelError, did_you_mean
 from archsim.core.paths import data_dir
 
 ALIASES = {
@@ -136,8 +136,10 @@ def _from_mapping(data: dict[str, Any], name: str) -> ModelSpec:
     known = {f.name for f in fields(ModelSpec)}
     unknown = sorted(set(data) - known)
     if unknown:
+        hint = did_you_mean(unknown[0], known)
         raise ModelError(
-            f"model {name!r}: unknown keys {', '.join(unknown)} (valid: {', '.join(sorted(known))})"
+            f"model {name!r}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}{hint} (valid: {', '.join(sorted(known))})"
         )
     try:
         if data.get("moe") is not None:
@@ -160,9 +162,16 @@ def from_hf_config(path: Path) -> ModelSpec:
         cfg = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read Hugging Face config {path}: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"Hugging Face config {path}: expected a JSON object at the top level")
     try:
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
+        if not cfg.get("head_dim") and heads > 0 and hidden % heads:
+            raise ModelError(
+                f"Hugging Face config {path}: hidden_size {hidden} is not a multiple of "
+                f"num_attention_heads {heads} and no head_dim is given"
+            )
         spec: dict[str, Any] = {
             "name": cfg.get("_name_or_path") or path.parent.name or path.stem,
             "hidden_size": hidden,
@@ -223,8 +232,9 @@ def load_model(name: str) -> ModelSpec:
     canonical = ALIASES.get(name, name)
     shipped = data_dir("workloads") / f"{canonical}.yaml"
     if not shipped.is_file():
+        hint = did_you_mean(name, [*model_names(), *ALIASES])
         raise ModelError(
-            f"unknown model {name!r} (valid: {', '.join(model_names())}; "
+            f"unknown model {name!r}{hint} (valid: {', '.join(model_names())}; "
             f"aliases: {', '.join(sorted(ALIASES))}; or a config.json path)"
         )
     return _from_mapping(load_yaml(shipped), canonical)

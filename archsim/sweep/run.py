@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from archsim.core.errors import ArchsimError
+from archsim.outputs import check_target
 from archsim.sweep.grid import SweepPoint
 
 COLUMNS = [
@@ -92,46 +93,66 @@ def simulate_point(point: SweepPoint) -> dict[str, Any]:
 
 
 def done_points(out: Path) -> set[str]:
-    """Point ids already in ``out`` (a partial last line from a killed run is ignored)."""
+    """Point ids already in ``out``; a partial last line from a killed run is not counted
+    (it is trimmed before appending). A file that is not an archsim sweep table of this
+    format is refused, never appended to."""
     if not out.exists():
         return set()
-    text = out.read_text()
+    try:
+        text = out.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArchsimError(f"cannot read sweep table {out}: {exc}") from None
+    if not text:
+        return set()
+    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+    not_ours = ArchsimError(
+        f"{out} exists but is not an archsim sweep table; choose another --out "
+        "(nothing was written)"
+    )
     if out.suffix == ".jsonl":
         ids = set()
-        for line in text.splitlines():
+        for line in complete.splitlines():
             try:
-                ids.add(json.loads(line)["point_id"])
-            except (json.JSONDecodeError, KeyError):
-                continue
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise not_ours from None
+            if not isinstance(row, dict) or set(row) != set(COLUMNS):
+                raise not_ours
+            ids.add(row["point_id"])
         return ids
-    rows = list(csv.reader(text.splitlines()))
-    if not rows or rows[0] != COLUMNS:
-        raise ArchsimError(
-            f"{out} exists but is not an archsim sweep table; choose another "
-            "--out (nothing was overwritten)"
-        )
-    return {r[0] for r in rows[1:] if len(r) == len(COLUMNS)}
+    rows = list(csv.reader(complete.splitlines()))
+    if not rows and ",".join(COLUMNS).startswith(text):
+        return set()  # only a cut-off header: ours, and the appender rewrites it
+    if not rows or rows[0] != COLUMNS or any(len(r) != len(COLUMNS) for r in rows[1:]):
+        raise not_ours
+    return {r[0] for r in rows[1:]}
 
 
 class _Appender:
-    """Appends rows and flushes each, so a killed sweep keeps every finished point."""
+    """Appends rows and flushes each, so a killed sweep keeps every finished point. The
+    table is ours (``done_points`` checked it); a cut-off last line is trimmed first."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        fresh = not out.exists() or out.stat().st_size == 0
-        if out.exists() and out.suffix != ".jsonl" and not fresh:
+        if out.exists():
             self._trim_partial_line()
-        self.fh = out.open("a", newline="")
+        fresh = not out.exists() or out.stat().st_size == 0
+        try:
+            self.fh = out.open("a", newline="")
+        except OSError as exc:
+            raise ArchsimError(f"cannot write sweep table {out}: {exc.strerror}") from None
         self.writer = None
         if out.suffix != ".jsonl":
             self.writer = csv.DictWriter(self.fh, fieldnames=COLUMNS, extrasaction="ignore")
             if fresh:
                 self.writer.writeheader()
+                self.fh.flush()
 
     def _trim_partial_line(self) -> None:
         data = self.out.read_bytes()
         if data and not data.endswith(b"\n"):
-            self.out.write_bytes(data[: data.rfind(b"\n") + 1])
+            with self.out.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
     def write(self, row: dict[str, Any]) -> None:
         if self.writer is not None:
@@ -144,12 +165,37 @@ class _Appender:
         self.fh.close()
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: end this worker when the sweep process dies, even by SIGKILL
+    (Linux: the kernel signals it; elsewhere a watchdog notices the parent is gone)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _results(points: list[SweepPoint], workers: int) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         for p in points:
             yield simulate_point(p)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
         futures = [pool.submit(simulate_point, p) for p in points]
         for fut in as_completed(futures):
             yield fut.result()
@@ -165,8 +211,7 @@ def run_sweep(
     out = Path(out)
     if out.suffix not in (".csv", ".jsonl"):
         raise ArchsimError(f"sweep output must end in .csv or .jsonl, got {out.name!r}")
-    if not out.parent.exists():
-        raise ArchsimError(f"cannot write {out}: folder {out.parent} does not exist")
+    check_target(out, "sweep table")
     seen = done_points(out)
     todo = [p for p in points if p.point_id not in seen]
     log = progress or (lambda msg: print(msg, file=sys.stderr))

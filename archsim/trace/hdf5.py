@@ -9,13 +9,13 @@ index; ``/units`` the busy cycles per unit; ``/summary`` the Result as JSON.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from archsim.core.errors import ArchsimError
+from archsim.outputs import write_with
 from archsim.result import Result
 
 SCHEMA_VERSION = 2
@@ -45,16 +45,13 @@ def write_trace(result: Result, path: str | Path) -> Path:
     never clobbers an existing one half-written)."""
     import h5py
 
-    path = Path(path)
     if result.stream is None or result.timeline is None:
         raise ArchsimError("this result carries no timeline to trace")
-    if path.parent and not path.parent.exists():
-        raise ArchsimError(f"cannot write trace {path}: folder {path.parent} does not exist")
     s, tl = result.stream, result.timeline
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     summary = result.to_dict()
     meta = summary.pop("meta")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["archsim_version"] = meta["archsim_version"]
@@ -91,11 +88,8 @@ def write_trace(result: Result, path: str | Path) -> Path:
             units.create_dataset("name", data=np.array(tl.unit_names, dtype=h5py.string_dtype()))
             units.create_dataset("busy_cycles", data=tl.busy)
             f.create_dataset("summary", data=json.dumps(summary, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ArchsimError(f"cannot write trace {path}: {exc}") from None
-    return path
+
+    return write_with(path, write, "trace")
 
 
 def read_trace(path: str | Path) -> dict[str, Any]:
@@ -122,6 +116,8 @@ def read_trace(path: str | Path) -> dict[str, Any]:
             summary = json.loads(f["summary"][()])
     except OSError as exc:
         raise ArchsimError(f"cannot read trace {path}: {exc}") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArchsimError(f"{path} is not a complete archsim trace ({exc})") from None
     return {
         "attrs": attrs,
         "events": events,

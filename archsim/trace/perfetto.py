@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from archsim.core.errors import ArchsimError
+from archsim.outputs import write_text
 
 
 def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
@@ -51,17 +51,9 @@ def export_perfetto(trace: dict[str, Any], out: str | Path) -> Path:
                 },
             }
         )
-    out = Path(out)
-    try:
-        out.write_text(
-            json.dumps(
-                {
-                    "traceEvents": events,
-                    "displayTimeUnit": "ns",
-                    "otherData": {"arch": attrs.get("arch"), "model": attrs.get("model")},
-                }
-            )
-        )
-    except OSError as exc:
-        raise ArchsimError(f"cannot write {out}: {exc}") from None
-    return out
+    doc = {
+        "traceEvents": events,
+        "displayTimeUnit": "ns",
+        "otherData": {"arch": attrs.get("arch"), "model": attrs.get("model")},
+    }
+    return write_text(out, json.dumps(doc), "perfetto timeline")

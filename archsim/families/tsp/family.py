@@ -54,6 +54,12 @@ class TspFamily(Family):
         stream, _ = compile_program(g, plan, p, sc, k, rounds)
         return stream
 
+    def instruction_estimate(self, g: nx.DiGraph, plan: Plan, p: TspParams, sc: Scenario) -> int:
+        """Up to ~10 passes per op of one trip (an attention is 7 plus its planes), times the
+        micro-batches and rounds the program holds."""
+        k, rounds = program_shape(plan.micro_batches, p.compiler.max_simulated_micro_batches)
+        return 10 * g.number_of_nodes() * k * rounds
+
     def timing(self, stream: InstructionStream, p: TspParams) -> Timing:
         return tsp_timing(stream, p)
 
