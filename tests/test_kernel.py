@@ -112,8 +112,10 @@ def test_every_kernel_op_runs_on_both_families():
             assert r.total_cycles > 0, (arch, op)
 
 
-def test_unknown_op_and_bad_shapes_exit_2_with_one_line():
+def test_unknown_op_and_bad_shapes_exit_2_with_one_line(capsys):
     """An unknown op, a missing or foreign shape option, a negative size: one line, exit 2."""
+    from archsim.cli import main
+
     for args in (
         ("--arch", "h100-like", "conv2d", "--m", "1"),
         ("--arch", "h100-like", "gemm", "--m", "1", "--n", "2"),
@@ -122,11 +124,16 @@ def test_unknown_op_and_bad_shapes_exit_2_with_one_line():
         ("--arch", "groq-like", "gemm", "--m", "1", "--n", "2", "--k", "3", "--launch", "eager"),
         ("--arch", "h100-like", "all-reduce", "--bytes", "1024", "--ranks", "64"),
     ):
-        out = cli(*args)
-        assert out.returncode == 2, args
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("archsim: error:"), (args, out.stderr)
-        assert out.stdout == ""
+        try:  # in-process: the CLI's own main
+            main.main(["kernel", *args], prog_name="archsim")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        assert code == 2, args
+        lines = out.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("archsim: error:"), (args, out.err)
+        assert out.out == ""
 
 
 def test_a_family_refuses_an_op_it_does_not_have():
