@@ -123,3 +123,17 @@ def test_more_bandwidth_or_clock_never_slows_a_step(arch, sc, factor):
         assert faster.tokens_per_s >= base.tokens_per_s * (1 - 0.01), units
         if sc["batch"] == 1:
             assert faster.seconds <= base.seconds * (1 + 1e-9), units
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@SETTINGS
+@given(sc=scenarios)
+def test_a_decode_step_reads_every_weight_at_least_once(arch, sc):
+    """On a machine whose weights are not stationary in its compute units, a decode step
+    moves at least the weights it holds (all chips) through some memory tier."""
+    if get_family(arch).weight_stationary or sc["phase"] != "decode":
+        return
+    r = _run(arch, sc)
+    if r is None:
+        return
+    assert sum(r.bytes_by_tier.values()) >= r.weight_bytes * (1 - 1e-9)

@@ -75,6 +75,10 @@ class Family(ABC):
     # the compiler assigns every issue cycle; the pipeline checks the schedule independently
     # and the engine holds every instruction to it
     static: ClassVar[bool] = False
+    # weights stay inside the compute units (in-memory compute, a weight-stationary wafer):
+    # a decode step need not move them; False: every decode step streams every weight once
+    # from some memory tier into the units (tests/test_invariants.py checks it)
+    weight_stationary: ClassVar[bool] = False
 
     @abstractmethod
     def supported_ops(self) -> frozenset[str]:
