@@ -6,6 +6,7 @@ Bad input ends with one line ``archsim: error: ...`` on stderr and exit status 2
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -381,12 +382,22 @@ def trace_export(path, out) -> None:
     "--out",
     required=True,
     type=click.Path(dir_okay=False),
-    help="results table (.csv or .jsonl); rows are appended, a rerun resumes",
+    help="results table (.h5, .csv, .jsonl or .parquet); rows are appended as points "
+    "finish, a rerun resumes",
 )
-@click.option("--workers", type=int, default=1, show_default=True, help="processes")
-def sweep(
-    spec, arch, model, phase, batch, ctx, seq, precision, chips, layers, overrides, out, workers
-) -> None:
+@click.option("--workers", type=int, default=None,
+              help="local worker processes (default: every core)")  # fmt: skip
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="run the points on this Dask scheduler (the cluster extra)")  # fmt: skip
+@click.option("--dask", "dask_mode", type=click.Choice(["local"]), default=None,
+              help="start a Dask LocalCluster of --workers processes here")  # fmt: skip
+@click.option("--point-timeout", type=float, default=None, metavar="SECONDS",
+              help="give up on a point after this long (its row records the timeout)")  # fmt: skip
+@click.option("--progress", "bar", type=click.Choice(["bar", "lines", "auto"]), default="auto",
+              show_default=True,
+              help="a progress bar, or a line per point (auto: a bar on a terminal)")  # fmt: skip
+def sweep(spec, arch, model, phase, batch, ctx, seq, precision, chips, layers, overrides, out,
+          workers, scheduler, dask_mode, point_timeout, bar) -> None:  # fmt: skip
     """Simulate every combination of the listed values (from SPEC.yaml and/or options)."""
     from archsim.sweep import expand_grid, load_spec, run_sweep
 
@@ -406,9 +417,14 @@ def sweep(
     over.update(
         {k: str(v) if not isinstance(v, list) else v for k, v in _raw_overrides(overrides).items()}
     )
-    if workers < 1:
-        raise ArchsimError(f"--workers must be at least 1, got {workers}")
-    counts = run_sweep(expand_grid(axes, over), out, workers=workers)
+    if scheduler and dask_mode:
+        raise ArchsimError("give --scheduler or --dask local, not both")
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    show_bar = bar == "bar" or (bar == "auto" and sys.stderr.isatty())
+    counts = run_sweep(
+        expand_grid(axes, over), out, workers=workers, scheduler=scheduler or dask_mode,
+        point_timeout_s=point_timeout, show_bar=show_bar,
+    )  # fmt: skip
     click.echo(json.dumps(counts), err=True)
 
 
@@ -576,6 +592,32 @@ def plot_sweep_cmd(table, x, y, group, logx, logy, out) -> None:
     check_output(out)
     path = plot_sweep(table, x, y, group, out, logx=logx, logy=logy)
     click.echo(f"sweep plot written to {path}", err=True)
+
+
+@plot.command("pareto")
+@click.argument("table", type=click.Path(dir_okay=False))
+@click.option("--x", "x", required=True, help="column for the x axis, e.g. seconds")
+@click.option("--y", "y", required=True, help="column for the y axis, e.g. tokens_per_s_per_chip")
+@click.option("--x-max/--x-min", default=False, show_default=True,
+              help="whether larger x is better (default: smaller, like a latency)")  # fmt: skip
+@click.option("--y-max/--y-min", default=True, show_default=True,
+              help="whether larger y is better (default: larger, like a throughput)")  # fmt: skip
+@click.option("--label", default="arch", show_default=True, help="column naming front points")
+@click.option("--logx", is_flag=True)
+@click.option("--logy", is_flag=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".png/.svg/.pdf")
+@click.option("--json", "as_json", is_flag=True, help="print the front's rows as JSON")
+def plot_pareto_cmd(table, x, y, x_max, y_max, label, logx, logy, out, as_json) -> None:
+    """The design points of a sweep table with their Pareto front highlighted (e.g. tokens/s
+    per chip against per-user latency)."""
+    from archsim.plot import check_output, plot_pareto
+
+    check_output(out)
+    path, front = plot_pareto(table, x, y, out, x_max=x_max, y_max=y_max, logx=logx,
+                              logy=logy, label=label)  # fmt: skip
+    click.echo(f"pareto plot written to {path} ({len(front)} points on the front)", err=True)
+    if as_json:
+        click.echo(json.dumps(front, sort_keys=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,6 @@ their numbers can be tested; every figure is written to a file (PNG, SVG or PDF)
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,16 +133,10 @@ def plot_breakdown(results: list[Result], out: str | Path) -> Path:
 
 
 def sweep_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Finished rows of a sweep table (CSV or JSON lines); refused points are left out."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArchsimError(f"sweep table {path} not found")
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        rows = list(csv.DictReader(text.splitlines()))
-    return [r for r in rows if not r.get("error")]
+    """Finished rows of a sweep table (any format); refused points are left out."""
+    from archsim.sweep.store import read_table
+
+    return [r for r in read_table(path) if not r.get("error")]
 
 
 def _column(rows: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -162,11 +155,14 @@ def _column(rows: list[dict[str, Any]], key: str) -> np.ndarray:
 
 def plot_sweep(path: str | Path, x: str, y: str, group: str, out: str | Path,
                logx: bool = False, logy: bool = False) -> Path:  # fmt: skip
+    """``y`` against ``x``, one line per value of ``group``; where the chip count changes
+    along a line the new count is written beside its point."""
     rows = sweep_rows(path)
     if not rows:
         raise ArchsimError(f"sweep table {path} has no finished points to plot")
     plt = _pyplot()
     xs, ys = _column(rows, x), _column(rows, y)
+    chips = _column(rows, "chips") if all(r.get("chips") is not None for r in rows) else None
     keys = [
         str(r.get(group) or json.loads(r.get("overrides") or "{}").get(group, "")) for r in rows
     ]
@@ -174,7 +170,14 @@ def plot_sweep(path: str | Path, x: str, y: str, group: str, out: str | Path,
     for k in dict.fromkeys(keys):
         sel = np.array([kk == k for kk in keys])
         order = np.argsort(xs[sel])
-        ax.plot(xs[sel][order], ys[sel][order], "o-", label=f"{group}={k}" if k else y)
+        lx, ly = xs[sel][order], ys[sel][order]
+        ax.plot(lx, ly, "o-", label=f"{group}={k}" if k else y)
+        if chips is not None:
+            lc = chips[sel][order]
+            for i in range(len(lc)):
+                if i == 0 or lc[i] != lc[i - 1]:
+                    ax.annotate(f"{int(lc[i])} chips", (lx[i], ly[i]), fontsize=7,
+                                textcoords="offset points", xytext=(4, 4))  # fmt: skip
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
     ax.set_xlabel(x)
@@ -184,3 +187,45 @@ def plot_sweep(path: str | Path, x: str, y: str, group: str, out: str | Path,
     path_out = _save(fig, out)
     plt.close(fig)
     return path_out
+
+
+def pareto_front(xs: np.ndarray, ys: np.ndarray, x_max: bool, y_max: bool) -> np.ndarray:
+    """Indices of the points no other point beats on both axes (``x_max``/``y_max``: larger
+    is better on that axis), in order of x."""
+    sx = xs if x_max else -xs
+    sy = ys if y_max else -ys
+    order = np.lexsort((-sy, -sx))  # best x first, ties: best y first
+    front, best_y = [], -np.inf
+    for i in order:
+        if sy[i] > best_y:
+            front.append(i)
+            best_y = sy[i]
+    return np.array(sorted(front, key=lambda i: xs[i]), dtype=int)
+
+
+def plot_pareto(path: str | Path, x: str, y: str, out: str | Path, x_max: bool = False,
+                y_max: bool = True, logx: bool = False, logy: bool = False,
+                label: str = "arch") -> tuple[Path, list[dict[str, Any]]]:  # fmt: skip
+    """Every finished point of a sweep as ``y`` against ``x``, the Pareto front (no other
+    point better on both) drawn and returned as rows."""
+    rows = sweep_rows(path)
+    if not rows:
+        raise ArchsimError(f"sweep table {path} has no finished points to plot")
+    plt = _pyplot()
+    xs, ys = _column(rows, x), _column(rows, y)
+    front = pareto_front(xs, ys, x_max, y_max)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(xs, ys, s=14, alpha=0.5, label="design points")
+    ax.plot(xs[front], ys[front], "o-", color="C3", label="Pareto front")
+    for i in front:
+        ax.annotate(str(rows[i].get(label, "")), (xs[i], ys[i]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))  # fmt: skip
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_xlabel(f"{x} ({'higher' if x_max else 'lower'} is better)")
+    ax.set_ylabel(f"{y} ({'higher' if y_max else 'lower'} is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path_out = _save(fig, out)
+    plt.close(fig)
+    return path_out, [rows[i] for i in front]

@@ -266,7 +266,7 @@ _SCRIPT = """
 import json, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
-from test_engine_reference import random_stream
+from tests.test_engine_reference import random_stream
 from archsim.core.engine import simulate_stream
 out = []
 for seed in range(8):

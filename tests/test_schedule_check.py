@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_engine_reference import random_stream
 
 from archsim.compiler.schedule import list_schedule
 from archsim.core.engine import simulate_stream
 from archsim.core.engine.check import Hazard, check_schedule, find_hazards
 from archsim.core.errors import ScheduleError
 from archsim.core.isa import START_START, Timing
+from tests.test_engine_reference import random_stream
 
 
 def timing(stream, work, latency=None, interval=None, bw=None) -> Timing:

@@ -106,3 +106,133 @@ def test_bad_yaml_spec(tmp_path):
     spec.write_text("arch: h100-like\nmodel: llama3-8b\nset: [1, 2]\n")
     with pytest.raises(ConfigError, match="'set' must map"):
         load_spec(spec)
+
+
+GROQ = {"arch": "groq-like", "model": "llama3-8b", "batch": "1,2,4", "layers": "1", "ctx": 64}
+SRAM = {"chip.sram_bytes": "1e8,2.3068672e8"}
+
+
+def _sorted(rows):
+    return sorted(rows, key=lambda r: r["point_id"])
+
+
+def test_hdf5_table_has_every_input_and_result_column(tmp_path):
+    """A 2 x 3 sweep of chip.sram_bytes x batch on groq-like writes 6 rows to HDF5, each with
+    its scenario, its --set value as a numeric column, the chips chosen and the results;
+    a rerun runs nothing."""
+    from archsim.sweep import read_table
+
+    out = tmp_path / "s.h5"
+    assert run_sweep(expand_grid(GROQ, SRAM), out, progress=lambda m: None)["done"] == 6
+    rows = read_table(out)
+    assert len(rows) == 6 and len({r["point_id"] for r in rows}) == 6
+    assert {r["chip.sram_bytes"] for r in rows} == {1e8, 2.3068672e8}
+    assert {r["batch"] for r in rows} == {1, 2, 4}
+    assert all(r["chips"] >= 1 and r["seconds"] > 0 and r["error"] == "" for r in rows)
+    # more SRAM per chip, fewer chips (the count falls out of capacity)
+    small = {r["batch"]: r["chips"] for r in rows if r["chip.sram_bytes"] == 1e8}
+    big = {r["batch"]: r["chips"] for r in rows if r["chip.sram_bytes"] > 1e8}
+    assert all(big[b] < small[b] for b in small)
+    assert run_sweep(expand_grid(GROQ, SRAM), out, progress=lambda m: None)["skipped"] == 6
+
+
+def test_hdf5_row_beyond_the_committed_count_is_redone(tmp_path):
+    """HDF5 datasets longer than the committed row count (a kill between writing a row and
+    committing it) are ignored: that point runs again and the table ends with 6 rows."""
+    import h5py
+
+    from archsim.sweep import read_table
+
+    out = tmp_path / "s.h5"
+    run_sweep(expand_grid(GROQ, SRAM), out, progress=lambda m: None)
+    with h5py.File(out, "a") as f:
+        f["table"].attrs["rows"] = 5
+    assert run_sweep(expand_grid(GROQ, SRAM), out, progress=lambda m: None)["done"] == 1
+    rows = read_table(out)
+    assert len(rows) == 6 and len({r["point_id"] for r in rows}) == 6
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc").is_dir(), reason="needs /proc")
+def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    """SIGKILL a 2-worker sweep into HDF5 after its first rows: the rerun completes the grid
+    with every point exactly once, and no worker of the killed run is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from archsim.sweep import read_table
+    from tests.test_reliability import _children, _running
+
+    out = tmp_path / "s.h5"
+    cmd = [sys.executable, "-m", "archsim.cli", "sweep", "--arch", "groq-like", "--model",
+           "llama3-8b", "--layers", "1", "--ctx", "64", "--batch", "1,2,4",
+           "--set", "chip.sram_bytes=1e8,2.3068672e8", "--workers", "2", "--out", str(out),
+           "--progress", "lines"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, rows, kids = time.time() + 120, [], set()
+    while time.time() < deadline and len(rows) < 2:
+        kids |= _children(proc.pid)
+        time.sleep(0.1)
+        try:
+            rows = read_table(out)
+        except ArchsimError:
+            rows = []
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(rows) < 6 or proc.returncode is not None
+    time.sleep(2)
+    assert not [k for k in kids if _running(k)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = read_table(out)
+    assert len(rows) == 6 and len({r["point_id"] for r in rows}) == 6
+
+
+def test_dask_local_cluster_gives_the_same_table(tmp_path):
+    """The same grid on the local process pool and on a Dask LocalCluster: identical rows
+    (in completion order, so compared by key)."""
+    from archsim.sweep import read_table
+
+    grid = expand_grid(AXES, {"memory.hbm_bw_bytes_per_s": "2e12,3e12"})
+    run_sweep(grid, tmp_path / "pool.h5", workers=2, progress=lambda m: None)
+    run_sweep(grid, tmp_path / "dask.h5", workers=1, scheduler="local", progress=lambda m: None)
+    assert _sorted(read_table(tmp_path / "pool.h5")) == _sorted(read_table(tmp_path / "dask.h5"))
+
+
+def test_parquet_and_jsonl_tables_resume(tmp_path):
+    """Parquet and JSONL tables hold the same rows as HDF5 and a rerun skips them all."""
+    from archsim.sweep import read_table
+
+    grid = expand_grid(AXES, {})
+    tables = {}
+    for ext in ("parquet", "jsonl", "h5"):
+        out = tmp_path / f"s.{ext}"
+        assert run_sweep(grid, out, progress=lambda m: None)["done"] == 2
+        assert run_sweep(grid, out, progress=lambda m: None)["skipped"] == 2
+        tables[ext] = _sorted(read_table(out))
+    assert tables["parquet"] == tables["jsonl"] == tables["h5"]
+
+
+def test_point_timeout_records_the_point_and_goes_on(tmp_path):
+    """A point over --point-timeout becomes a row naming the timeout; the sweep goes on."""
+    from archsim.sweep import read_table
+
+    out = tmp_path / "s.csv"
+    grid = expand_grid({**AXES, "batch": "1", "layers": "all"}, {})
+    counts = run_sweep(grid, out, point_timeout_s=1e-3, progress=lambda m: None)
+    rows = read_table(out)
+    assert counts["failed"] == 1 and "timed out after 0.001 s" in rows[0]["error"]
+
+
+def test_pareto_front_by_hand():
+    """Lower x and higher y better: of (1,1) (2,3) (3,2) (4,5) (2.5,3), the front is (1,1),
+    (2,3), (4,5): (3,2) is beaten by (2,3), (2.5,3) ties it on y but is worse on x."""
+    import numpy as np
+
+    from archsim.plot import pareto_front
+
+    xs, ys = np.array([1.0, 2, 3, 4, 2.5]), np.array([1.0, 3, 2, 5, 3])
+    assert list(pareto_front(xs, ys, x_max=False, y_max=True)) == [0, 1, 3]
+    assert list(pareto_front(xs, ys, x_max=True, y_max=True)) == [3]

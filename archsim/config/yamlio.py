@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,27 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Parse one YAML mapping; a malformed file is a ConfigError naming the file."""
+    """Parse one YAML mapping; a malformed file is a ConfigError naming the file. Parsed
+    files are remembered by (path, modification time, size): a sweep resolves the same
+    presets thousands of times. The caller gets its own copy to change."""
+    try:
+        st = Path(path).stat()
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return copy.deepcopy(_parsed(key, str(path)))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(key: tuple, shown: str) -> dict[str, Any]:
+    path = Path(key[0])
     try:
         data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot read {path}: {first}") from None
+        raise ConfigError(f"cannot read {shown}: {first}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{shown}: expected a mapping at the top level")
     return data
 
 

@@ -1,53 +1,59 @@
-"""Run a sweep, appending one row per finished point to CSV or JSON-lines output."""
+"""Run a sweep: simulate every point not yet in the output table, on a local process pool
+or a Dask cluster, appending one row per finished point (``archsim.sweep.store``)."""
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from archsim.core.errors import ArchsimError
-from archsim.outputs import check_target
 from archsim.sweep.grid import SweepPoint
+from archsim.sweep.store import open_store, table_columns
 
-COLUMNS = [
-    "point_id",
-    "arch",
-    "model",
-    "phase",
-    "batch",
-    "ctx",
-    "seq",
-    "precision",
-    "chips_arg",
-    "layers",
-    "overrides",
-    "chips",
-    "tp",
-    "pp",
-    "cycles",
-    "seconds",
-    "tokens_per_s",
-    "tokens_per_s_per_user",
-    "bound",
-    "weight_bytes",
-    "kv_bytes",
-    "flops",
-    "bytes_by_tier",
-    "error",
-]
+# kept for callers that list a CSV table's fixed columns (the set keys come between)
+COLUMNS = ["point_id"]
 
 
-def simulate_point(point: SweepPoint) -> dict[str, Any]:
-    """One point -> one row (a refused point is a row with its error, not a crash)."""
+class _PointTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):  # pragma: no cover - runs in a signal handler
+    raise _PointTimeout
+
+
+def resolved_key(point: SweepPoint) -> tuple[str, str, str]:
+    """(point key, arch digest, model digest): the key hashes the point's scenario with its
+    resolved arch config and model spec, so a changed preset or model reruns the point."""
+    from archsim.config import load_arch
+    from archsim.graph.model import load_model
+
+    try:
+        arch = load_arch(point.arch, dict(point.overrides)).digest()
+    except ArchsimError:
+        arch = ""
+    try:
+        model = load_model(point.model).digest()
+    except ArchsimError:
+        model = ""
+    blob = json.dumps({"point": point.point_id, "arch": arch, "model": model}).encode()
+    return hashlib.sha256(blob).hexdigest()[:16], arch, model
+
+
+def simulate_point(point: SweepPoint, key: str = "", timeout_s: float | None = None) -> dict:
+    """One point -> one row (a refused or timed-out point is a row with its error)."""
     from archsim.pipeline import simulate
 
     row: dict[str, Any] = {
-        "point_id": point.point_id,
+        "point_id": key or point.point_id,
         "arch": point.arch,
         "model": point.model,
         "phase": point.phase,
@@ -58,7 +64,12 @@ def simulate_point(point: SweepPoint) -> dict[str, Any]:
         "chips_arg": point.chips,
         "layers": point.layers,
         "overrides": json.dumps(point.overrides, sort_keys=True),
+        **point.overrides,
     }
+    alarm = timeout_s is not None and threading.current_thread() is threading.main_thread()
+    if alarm:
+        old = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
         r = simulate(
             point.arch,
@@ -74,6 +85,12 @@ def simulate_point(point: SweepPoint) -> dict[str, Any]:
         )
     except (ArchsimError, ValueError) as exc:
         return {**row, "error": str(exc)}
+    except _PointTimeout:
+        return {**row, "error": f"timed out after {timeout_s:g} s (--point-timeout)"}
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
     return {
         **row,
         "chips": r.chips,
@@ -83,94 +100,27 @@ def simulate_point(point: SweepPoint) -> dict[str, Any]:
         "seconds": r.seconds,
         "tokens_per_s": r.tokens_per_s,
         "tokens_per_s_per_user": r.tokens_per_s_per_user,
+        "tokens_per_s_per_chip": r.tokens_per_s / r.chips,
         "bound": r.bound,
         "weight_bytes": r.weight_bytes,
         "kv_bytes": r.kv_bytes,
         "flops": r.flops,
+        "compute_utilization": r.utilization["compute"],
         "bytes_by_tier": json.dumps(r.bytes_by_tier, sort_keys=True),
+        "arch_digest": r.meta["arch_digest"],
+        "model_digest": r.meta["model_digest"],
         "error": "",
     }
 
 
-def done_points(out: Path) -> set[str]:
-    """Point ids already in ``out``; a partial last line from a killed run is not counted
-    (it is trimmed before appending). A file that is not an archsim sweep table of this
-    format is refused, never appended to."""
-    if not out.exists():
-        return set()
-    try:
-        text = out.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArchsimError(f"cannot read sweep table {out}: {exc}") from None
-    if not text:
-        return set()
-    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-    not_ours = ArchsimError(
-        f"{out} exists but is not an archsim sweep table; choose another --out "
-        "(nothing was written)"
-    )
-    if out.suffix == ".jsonl":
-        ids = set()
-        for line in complete.splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise not_ours from None
-            if not isinstance(row, dict) or set(row) != set(COLUMNS):
-                raise not_ours
-            ids.add(row["point_id"])
-        return ids
-    rows = list(csv.reader(complete.splitlines()))
-    if not rows and ",".join(COLUMNS).startswith(text):
-        return set()  # only a cut-off header: ours, and the appender rewrites it
-    if not rows or rows[0] != COLUMNS or any(len(r) != len(COLUMNS) for r in rows[1:]):
-        raise not_ours
-    return {r[0] for r in rows[1:]}
-
-
-class _Appender:
-    """Appends rows and flushes each, so a killed sweep keeps every finished point. The
-    table is ours (``done_points`` checked it); a cut-off last line is trimmed first."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        if out.exists():
-            self._trim_partial_line()
-        fresh = not out.exists() or out.stat().st_size == 0
-        try:
-            self.fh = out.open("a", newline="")
-        except OSError as exc:
-            raise ArchsimError(f"cannot write sweep table {out}: {exc.strerror}") from None
-        self.writer = None
-        if out.suffix != ".jsonl":
-            self.writer = csv.DictWriter(self.fh, fieldnames=COLUMNS, extrasaction="ignore")
-            if fresh:
-                self.writer.writeheader()
-                self.fh.flush()
-
-    def _trim_partial_line(self) -> None:
-        data = self.out.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.out.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self.writer.writerow(row)
-        else:
-            self.fh.write(json.dumps(row, sort_keys=True) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
+def _run_one(args: tuple) -> dict:
+    point, key, timeout_s = args
+    return simulate_point(point, key, timeout_s)
 
 
 def _die_with_parent() -> None:
     """Worker initializer: end this worker when the sweep process dies, even by SIGKILL
     (Linux: the kernel signals it; elsewhere a watchdog notices the parent is gone)."""
-    import os
-    import signal
-    import threading
     import time
 
     parent = os.getppid()
@@ -190,15 +140,72 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _results(points: list[SweepPoint], workers: int) -> Iterator[dict[str, Any]]:
+def _local(tasks: list[tuple], workers: int) -> Iterator[dict]:
+    """In this process (one worker) or a process pool; each worker keeps its compiled
+    kernels and loaded configs from one point to the next."""
     if workers <= 1:
-        for p in points:
-            yield simulate_point(p)
+        for task in tasks:
+            yield _run_one(task)
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
-        futures = [pool.submit(simulate_point, p) for p in points]
+        futures = [pool.submit(_run_one, t) for t in tasks]
         for fut in as_completed(futures):
             yield fut.result()
+
+
+def _dask(tasks: list[tuple], scheduler: str, workers: int) -> Iterator[dict]:
+    """On a Dask cluster: ``scheduler`` is ``tcp://host:port`` of a running scheduler, or
+    ``local`` for a LocalCluster of ``workers`` processes started here."""
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise ArchsimError(
+            "Dask executors need the cluster extra: pip install 'archsim[cluster]'"
+        ) from None
+    cluster = None
+    try:
+        if scheduler == "local":
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)  # fmt: skip
+            client = Client(cluster)
+        else:
+            client = Client(scheduler, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise ArchsimError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
+    try:
+        futures = client.map(_run_one, tasks, pure=False)
+        for fut in dask_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _swept(points: list[SweepPoint]) -> list[str]:
+    """Scenario fields and set keys that take more than one value in the grid."""
+    keys = [k for k in ("arch", "model", "phase", "batch", "ctx", "seq", "precision", "chips",
+                        "layers") if len({getattr(p, k) for p in points}) > 1]  # fmt: skip
+    over = sorted({k for p in points for k in p.overrides})
+    return keys + [k for k in over if len({json.dumps(p.overrides.get(k)) for p in points}) > 1]
+
+
+def _label(row: dict[str, Any], swept: list[str]) -> str:
+    names = {"chips": "chips_arg"}
+    return " ".join(f"{k}={row.get(names.get(k, k))}" for k in swept) or row["arch"]
+
+
+def _set_kinds(points: list[SweepPoint]) -> tuple[list[str], dict[str, str]]:
+    keys = sorted({k for p in points for k in p.overrides})
+    kinds = {}
+    for k in keys:
+        values = [p.overrides.get(k) for p in points]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        kinds[k] = "float" if numeric else "str"
+    return keys, kinds
 
 
 def run_sweep(
@@ -206,29 +213,75 @@ def run_sweep(
     out: str | Path,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
+    scheduler: str | None = None,
+    point_timeout_s: float | None = None,
+    show_bar: bool = False,
 ) -> dict[str, int]:
-    """Simulate every point not already in ``out``; returns counts (done, skipped, failed)."""
-    out = Path(out)
-    if out.suffix not in (".csv", ".jsonl"):
-        raise ArchsimError(f"sweep output must end in .csv or .jsonl, got {out.name!r}")
-    check_target(out, "sweep table")
-    seen = done_points(out)
-    todo = [p for p in points if p.point_id not in seen]
+    """Simulate every point not already in ``out``; returns counts (done, skipped, failed).
+
+    ``workers``: local processes (1: in this process); ``scheduler``: ``local`` (a Dask
+    LocalCluster of ``workers`` processes) or ``tcp://host:port`` (a running Dask
+    scheduler). ``point_timeout_s`` bounds each point (local executors). ``progress`` gets
+    one line per finished point naming the swept keys' values; ``show_bar`` draws a rich
+    progress bar on stderr instead."""
+    if workers < 1:
+        raise ArchsimError(f"--workers must be at least 1, got {workers}")
+    if point_timeout_s is not None and point_timeout_s <= 0:
+        raise ArchsimError(f"--point-timeout must be positive, got {point_timeout_s}")
+    set_keys, kinds = _set_kinds(points)
+    store = open_store(out, table_columns(set_keys, kinds))
+    seen = store.done_keys()
+    tasks = []
+    for p in points:
+        key = resolved_key(p)[0]
+        if key not in seen:
+            seen.add(key)  # a grid listing a point twice runs it once
+            tasks.append((p, key, point_timeout_s))
+    skipped = len(points) - len(tasks)
     log = progress or (lambda msg: print(msg, file=sys.stderr))
-    log(
-        f"sweep: {len(points)} points, {len(points) - len(todo)} already in {out}, "
-        f"{len(todo)} to run"
-    )
-    appender = _Appender(out)
+    log(f"sweep: {len(points)} points, {skipped} already in {out}, {len(tasks)} to run")
+    swept = _swept(points)
+    rows = _dask(tasks, scheduler, workers) if scheduler else _local(tasks, workers)
     failed = 0
+    bar = _bar(len(tasks)) if show_bar and tasks else None
     try:
-        for i, row in enumerate(_results(todo, workers), 1):
-            appender.write(row)
+        for i, row in enumerate(rows, 1):
+            store.append(row)
             failed += bool(row["error"])
-            log(
-                f"[{i}/{len(todo)}] {row['arch']} {row['model']} batch {row['batch']}: "
-                + (f"error: {row['error']}" if row["error"] else f"{row['seconds']:.6g} s")
+            line = f"[{i}/{len(tasks)}] {_label(row, swept)}: " + (
+                f"error: {row['error']}" if row["error"] else f"{row['seconds']:.6g} s"
             )
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, description=line[:60])
+            else:
+                log(line)
     finally:
-        appender.close()
-    return {"done": len(todo), "skipped": len(points) - len(todo), "failed": failed}
+        store.close()
+        if bar is not None:
+            bar[0].stop()
+    return {"done": len(tasks), "skipped": skipped, "failed": failed}
+
+
+def _bar(total: int):
+    """A rich progress bar on stderr: points done, rate and time left."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed or 0.0:.1f} pt/s")
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+        TimeRemainingColumn(), console=Console(stderr=True),
+    )  # fmt: skip
+    progress.start()
+    return progress, progress.add_task("sweep", total=total)
