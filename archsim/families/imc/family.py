@@ -178,7 +178,8 @@ class ImcFamily(Family):
             "weight_residency": "lpddr-streaming" if any(streamed) else "sram",
             "cards_for_sram_residency": plan.extra.get("sram_cards"),
             "resident_weight_fraction": min(plan.extra.get("resident_fraction", [1.0])),
-            "weights_streamed_bytes_per_step": float(sum(streamed)) * plan.tp,
+            # every micro-batch's trip streams its stages' non-resident weights again
+            "weights_streamed_bytes_per_step": float(sum(streamed)) * plan.tp * plan.micro_batches,
             "lpddr_busy_fraction": lpddr_busy,
             "lpddr_bound": bool(lpddr_busy >= LPDDR_BOUND_SHARE),
             "dimc_busy_fraction": dimc_busy,

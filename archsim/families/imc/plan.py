@@ -272,16 +272,23 @@ def evaluate(pg: nx.DiGraph, plan: Plan, p: ImcParams) -> tuple[float, int]:
 
 def tune_micro_batch(pg: nx.DiGraph, plan: Plan, p: ImcParams) -> Plan:
     """The micro-batch size with the shortest round (ties within MICRO_BATCH_TOLERANCE: the
-    shorter trip). Candidates: powers of two, one micro-batch per stage, the whole batch.
-    Small micro-batches keep every stage busy; large ones pass each tile fewer times per
-    round (a pass serves several vectors) and stream LPDDR weights once per round."""
+    shorter trip). Candidates, smallest first: powers of two, one micro-batch per stage,
+    the whole batch; the scan stops at the first size past the best whose round is longer
+    than the best's by more than the tolerance (past the best, rounds grow). Small
+    micro-batches keep every stage busy; large ones pass each tile fewer times per round (a
+    pass serves several vectors) and stream LPDDR weights once per round."""
     batch = pg.graph["scenario"].batch
     if batch == 1 or plan.pp == 1:
         return with_micro_batch(plan, batch, batch)
     powers = {2**i for i in range(batch.bit_length()) if 2**i < batch}
-    sizes = {batch, -(-batch // plan.pp)} | powers
-    cost = {mb: evaluate(pg, with_micro_batch(plan, batch, mb), p) for mb in sorted(sizes)}
-    best = min(cost, key=lambda mb: cost[mb][0])
+    cost: dict[int, tuple[float, int]] = {}
+    best = None
+    for mb in sorted({batch, -(-batch // plan.pp)} | powers):
+        cost[mb] = evaluate(pg, with_micro_batch(plan, batch, mb), p)
+        if best is None or cost[mb][0] < cost[best][0]:
+            best = mb
+        elif cost[mb][0] > cost[best][0] * (1 + MICRO_BATCH_TOLERANCE):
+            break
     near = [mb for mb in cost if cost[mb][0] <= cost[best][0] * (1 + MICRO_BATCH_TOLERANCE)]
     chosen = min(near, key=lambda mb: (cost[mb][1], cost[mb][0]))
     return with_micro_batch(plan, batch, chosen)
