@@ -142,20 +142,21 @@ def test_batch_multiplies_passes_past_eight_vectors():
 
 
 @pytest.mark.cycle_exact
-def test_concurrent_lpddr_reloads_share_the_bandwidth():
-    """Two 400,000-byte reloads queued on one card's LPDDR at 400 B/cycle (bandwidth set to
-    400 x 1.144e9 B/s): alone one takes 1,000 cycles. Together: the first runs alone for
-    the queue's 1-cycle issue interval, then both share 200 B/cycle; it finishes at
-    1 + 399,600 / 200 = 1,999, the second has 400 B left -> 2,000. Each result is ready 172
-    cycles later (150 ns first access = 171.6 cycles, rounded up)."""
+def test_lpddr_is_a_shared_resource_behind_two_queues():
+    """Two 400,000-byte reloads on a card's LPDDR read queue and a 400,000-byte K/V store on
+    its write queue, all ready at cycle 0, LPDDR at 400 B/cycle (bandwidth set to 400 x
+    1.144e9 B/s). The first reload and the store share it, 200 B/cycle each: both have moved
+    their bytes at 2,000 and are ready 172 cycles later (150 ns first access = 171.6 cycles,
+    rounded up): 2,172. The read queue streams one chunk at a time, so the second reload
+    starts then and runs alone: 2,172 + 1,000 + 172 = 3,344."""
     p = load_arch("dmatrix-like", {"memory.lpddr_bw_bytes_per_s": 400 * CLOCK})
     b = StreamBuilder(FAMILY.opcodes)
-    for _ in range(2):
-        b.add("load", unit="card0.lpddr", op="reload", m=512, offchip_bytes=4e5,
+    for opcode, queue in (("load", "lpddr"), ("load", "lpddr"), ("store", "lpddr_wr")):
+        b.add(opcode, unit=f"card0.{queue}", op="reload", m=512, offchip_bytes=4e5,
               resources={"card0.lpddr": 4e5})  # fmt: skip
     stream = b.build()
     tl = simulate_stream(stream, FAMILY.timing(stream, p))
-    assert [int(x) for x in tl.end] == [1999 + 172, 2000 + 172]
+    assert [int(x) for x in tl.end] == [2172, 3344, 2172]
 
 
 @pytest.mark.cycle_exact

@@ -5,8 +5,9 @@ Grain: one instruction per (op, card, engine) — the DIMC cores of a card multi
 tiles (every chiplet in step: the stream times the busiest core), one SIMD pass, one LPDDR
 chunk, one collective. The stream holds card 0 of each pipeline stage (the cards of a tensor
 group are symmetric); units are named per card: ``card3.dimc``, ``card3.simd``,
-``card3.lpddr`` (the queue of LPDDR transfers), ``card3.d2d``, ``card3.link``,
-``card3.write`` (array writes, when they do not block the MACs), ``card3.ctrl``.
+``card3.lpddr`` (the LPDDR read queue), ``card3.lpddr_wr`` (K/V stores), ``card3.d2d``,
+``card3.link``, ``card3.write`` (array writes, when they do not block the MACs),
+``card3.ctrl`` (fixed latencies).
 
 Inside a card the compiler splits every op over its chiplets as Megatron splits it over
 chips (shared/reference/dmatrix-dimc.md §7: tensor parallel over 4 -> 8 -> 16 chiplets):
@@ -382,7 +383,7 @@ class Lowerer:
         first = list(deps)
         if append > 0 and self.kv_lpddr:
             lp = {f"card{op.stage}.lpddr": append}
-            self.emit("store", "lpddr", op, deps, m=self.bits_per_core(append),
+            self.emit("store", "lpddr_wr", op, deps, m=self.bits_per_core(append),
                       offchip_bytes=append, resources=lp)  # fmt: skip
         elif append > 0:
             first = [self.emit("write", self.write_unit, op, deps,

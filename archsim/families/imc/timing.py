@@ -127,10 +127,12 @@ def resource_bytes_per_cycle(name: str, p) -> float:
 
 
 def imc_timing(stream, p) -> Timing:
-    """Cycles of every instruction. A load or a write holds its unit only while it writes
-    the arrays (its ``work``): an LPDDR queue issues the next load while this one streams, so
-    concurrent loads share the card's LPDDR bandwidth; transfers free their port at once;
-    a layer's fixed latency holds nothing (micro-batches overlap it)."""
+    """Cycles of every instruction. The LPDDR read queue of a card streams one chunk at a
+    time (a load holds it until its bytes are in), so a card's reloads follow each other at
+    the full bandwidth and prefetch in order; stores of new K/V go through the write queue and
+    share the LPDDR with the reads in flight. An array write holds its unit only while it
+    writes (its ``work``); transfers free their port at once; a fixed latency holds nothing
+    (micro-batches overlap it)."""
     c, d, s, ln = p.card, p.dimc, p.simd, p.links
     clock = c.clock_hz
     link_lat = np.array([cycles_of(x, clock) for x in
@@ -146,7 +148,7 @@ def imc_timing(stream, p) -> Timing:
         cycles_of(p.compiler.step_overhead_s, clock),
     )  # fmt: skip
     interval = np.full(len(work), -1, dtype=np.int64)
-    flows = np.isin(st.opcode, (LOAD, STORE, WRITE, D2D, LINK, SYNC))
+    flows = np.isin(st.opcode, (STORE, WRITE, D2D, LINK, SYNC))
     interval[flows] = work[flows]
     bw = np.array([resource_bytes_per_cycle(r, p) for r in st.resource_names], dtype=np.float64)
     return Timing(work=work, latency=lat, interval=interval, resource_bw=bw)
