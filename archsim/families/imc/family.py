@@ -40,6 +40,7 @@ class ImcFamily(Family):
     opcodes = OPCODES
     tiers = {"offchip_bytes": "lpddr", "onchip_bytes": "sram", "link_bytes": "links"}
     static = False
+    weight_stationary = True  # weights live in the DIMC arrays (LPDDR only below auto chips)
 
     def supported_ops(self) -> frozenset[str]:
         kinds = (
