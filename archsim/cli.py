@@ -162,6 +162,11 @@ def main() -> None:
     default=None,
     help="also write a Perfetto/Chrome JSON timeline",
 )
+@click.option(
+    "--show-placement",
+    is_flag=True,
+    help="print where the model was placed (families that place it: regions, wafers)",
+)
 def run(
     arch,
     model,
@@ -176,6 +181,7 @@ def run(
     as_json,
     trace_path,
     perfetto_path,
+    show_placement,
 ) -> None:
     """Simulate one step of MODEL on ARCH."""
     from archsim.pipeline import simulate
@@ -192,10 +198,24 @@ def run(
         if perfetto_path:
             export_perfetto(read_trace(path), perfetto_path)
             click.echo(f"perfetto timeline written to {perfetto_path}", err=True)
+    if show_placement:
+        _show_placement(result, arch, overrides, err=as_json)
     if as_json:
         click.echo(json.dumps(result.to_dict(), sort_keys=True))
     else:
         result_table(result)
+
+
+def _show_placement(result, arch, overrides, err: bool) -> None:
+    """The family's placement text (stderr under --json, which keeps stdout one document)."""
+    from archsim.config import load_arch, parse_overrides
+    from archsim.core.registry import get_family
+
+    params = load_arch(arch, parse_overrides(list(overrides)))
+    text = get_family(params.family).describe_placement(result.meta["plan"], params)
+    if text is None:
+        raise ArchsimError(f"{result.family} has no placement to show (--show-placement)")
+    click.echo(text, err=err)
 
 
 @main.command()
