@@ -342,7 +342,6 @@ class Lowerer:
         self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (op, block) -> (xfer, lag)
         self.axis_of: dict[str, str] = {}
         self.last_of_block: dict[int, int] = {}
-        self.first_of_block: dict[int, int] = {}
         self.loaded: dict[int, int] = {}  # block -> its weight_load (weight streaming)
         self.local_out: dict[str, bool] = {}  # op id -> its last phase is local (streams)
 
@@ -416,8 +415,6 @@ class Lowerer:
                 lagged=lagged if last < 0 else (), resources=res, flops=flops,
                 onchip_bytes=onchip, link_bytes=fabric, **ints,
             )  # fmt: skip
-            if op.layer not in self.first_of_block:
-                self.first_of_block[op.layer] = last
             self.local_out[op.id] = opcode in ("mac", "vec")
         return last
 
@@ -473,7 +470,7 @@ class Lowerer:
         freed = self.last_of_block.get(op.layer - 2, -1)
         levels = 1 + int(np.ceil(np.log2(max(self.plan.dp, 1))))
         i = self.b.add(
-            "weight_load", unit="system.memoryx", op=f"weights.{op.layer}", chip=0,
+            "weight_load", unit="system.memoryx", op="weight_load", chip=0,
             layer=op.layer, deps=[freed], resources={"memoryx": nbytes}, offchip_bytes=nbytes,
             aux=levels,
         )  # fmt: skip
@@ -484,6 +481,3 @@ class Lowerer:
 def lower(g: nx.DiGraph, plan: Plan, p: WaferParams, sc: Scenario) -> InstructionStream:
     """One micro-batch's trip (``replicated`` makes the program of several)."""
     return Lowerer(g, plan, p, sc).lower().build()
-
-
-__all__ = ["END_START", "CLS_ADD32", "lower", "op_recipe"]

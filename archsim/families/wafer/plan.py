@@ -45,7 +45,7 @@ from archsim.families.wafer.lower import (
     seq_rows,
 )
 from archsim.families.wafer.params import WaferParams
-from archsim.families.wafer.timing import OPCODES, cycles_of, xfer_flight_cycles
+from archsim.families.wafer.timing import OPCODES, cycles_of
 from archsim.graph.build import ops_in_order
 from archsim.graph.ops import Op, OpKind
 from archsim.graph.scenario import Scenario
@@ -470,6 +470,3 @@ def describe(plan: dict[str, Any], p: WaferParams) -> str:
             f"{r['cycles']:>8,}"
         )
     return "\n".join(lines)
-
-
-__all__ = ["kernel_plan", "plan", "xfer_flight_cycles"]
