@@ -211,6 +211,11 @@ def main() -> None:
     help="refuse a step whose instruction stream the family estimates above this "
     "(default 20,000,000, about 4 GB)",
 )
+@click.option(
+    "--show-placement",
+    is_flag=True,
+    help="print where the model was placed (families that place it: regions, wafers)",
+)
 def run(
     arch,
     model,
@@ -226,6 +231,7 @@ def run(
     trace_path,
     perfetto_path,
     max_instructions,
+    show_placement,
 ) -> None:
     """Simulate one step of MODEL on ARCH."""
     from archsim.outputs import check_target
@@ -245,6 +251,8 @@ def run(
         click.echo(f"trace written to {write_trace(result, trace_path)}", err=True)
     if perfetto_path:
         _perfetto(result, trace_path, perfetto_path)
+    if show_placement:
+        _show_placement(result, arch, overrides, err=as_json)
     if as_json:
         click.echo(json.dumps(result.to_dict(), sort_keys=True))
     else:
@@ -265,6 +273,18 @@ def _perfetto(result, trace_path: str | None, perfetto_path: str) -> None:
             path = write_trace(result, f"{tmp}/run.h5")
             export_perfetto(read_trace(path), perfetto_path)
     click.echo(f"perfetto timeline written to {perfetto_path}", err=True)
+
+
+def _show_placement(result, arch, overrides, err: bool) -> None:
+    """The family's placement text (stderr under --json, which keeps stdout one document)."""
+    from archsim.config import load_arch, parse_overrides
+    from archsim.core.registry import get_family
+
+    params = load_arch(arch, parse_overrides(list(overrides)))
+    text = get_family(params.family).describe_placement(result.meta["plan"], params)
+    if text is None:
+        raise ArchsimError(f"{result.family} has no placement to show (--show-placement)")
+    click.echo(text, err=err)
 
 
 @main.command()

@@ -128,6 +128,12 @@ class Family(ABC):
         per op."""
         return 16 * g.number_of_nodes()
 
+    def describe_placement(self, plan: dict[str, Any], p: Any) -> str | None:
+        """Where the plan put the model on the machine, as text (``archsim run
+        --show-placement``). ``plan`` is the plan as a Result records it
+        (``Plan.to_dict()``, ``result.meta["plan"]``). Default: None (nothing to show)."""
+        return None
+
     def kernel_choice(self, stream: InstructionStream, timing: Timing, p: Any) -> dict[str, Any]:
         """What the family chose for a single op (``archsim kernel``): tile, split, dataflow,
         planes... A ``compute_cycles`` key (cycles with no memory stall) is also reported at

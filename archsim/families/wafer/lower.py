@@ -1,0 +1,483 @@
+"""Lowering for cerebras-like: each op of the graph -> phases on its region of PEs.
+
+A *region* is a rectangle of ``cols x rows`` PEs holding one block of the model (a decoder
+layer, the embedding, or the final norm + lm_head), weight-stationary: every weight matrix
+of the block is tiled in 2D over the whole region (WaferLLM §4). The activation vector of a
+token is split along one axis of the region and replicated along the other; a matrix-vector
+product multiplies each PE's tile by its input slice (``mac``), then reduces the partial
+sums along the input axis and broadcasts them back (``allreduce``), which leaves the output
+split along the other axis: consecutive products alternate axes, so no transpose is needed.
+
+Grain: one instruction per phase of an op on its region, timed for the representative PE or
+line of PEs (``timing.py``); PEs of a region are symmetric, so the Python cost is O(ops), not
+O(PEs). A region is one unit (``wafer<w>.region<i>``: its PEs run one phase at a time); the
+activation stream to the next region runs on the source region's link unit
+(``wafer<w>.xfer<i>``), and across wafers on the wafer's I/O (``wafer<w>.io``). Shared
+resources (their bandwidth, ``timing.resource_bandwidths``): each region's row and column
+bundles (``...region<i>.x#<lanes>``), each boundary between regions, each wafer-to-wafer
+link, MemoryX.
+
+The recipes (``op_recipe``) take region extents as ints or as numpy arrays: the planner prices
+many candidate region shapes at once with the same rows the stream is built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from archsim.core.errors import ScenarioError
+from archsim.core.isa import END_START, START_START, InstructionStream, StreamBuilder
+from archsim.core.plan import Plan
+from archsim.families.wafer.params import WaferParams
+from archsim.families.wafer.timing import (
+    ACC_BYTES,
+    ALGOS,
+    CLS_ADD16,
+    CLS_ADD32,
+    CLS_MAC,
+    CLS_MAX16,
+    OPCODES,
+    wafer_flight_cycles,
+    xfer_flight_cycles,
+)
+from archsim.graph.build import ops_in_order
+from archsim.graph.ops import Op, OpKind
+from archsim.graph.scenario import DTYPE_BYTES, Scenario
+
+X, Y = "x", "y"
+FP32 = 4  # partial sums and activation buffers are kept as fp32 words
+SUPPORTED = frozenset(
+    k.value
+    for k in (
+        OpKind.EMBEDDING, OpKind.MATMUL, OpKind.ATTENTION, OpKind.NORM, OpKind.SOFTMAX,
+        OpKind.ROPE, OpKind.ACTIVATION, OpKind.RESIDUAL,
+    )
+)  # fmt: skip
+
+
+def other(axis: str) -> str:
+    return Y if axis == X else X
+
+
+def cdiv(a: Any, b: Any) -> Any:
+    """Ceiling division of ints or int arrays."""
+    return -(-a // b)
+
+
+def check_precision(sc: Scenario) -> None:
+    """WSE SIMD rates are published for 16-bit formats only."""
+    p = sc.precision
+    bad = [d for d in (p.weights, p.activations, p.kv) if DTYPE_BYTES[d] != 2]
+    if bad:
+        raise ScenarioError(
+            f"cerebras-like models 16-bit formats only (bf16, fp16): WSE SIMD rates for "
+            f"{bad[0]} are not published; use --precision bf16"
+        )
+
+
+@dataclass(frozen=True)
+class Env:
+    """What a recipe needs besides the op and the region: the micro-batch and the machine."""
+
+    mb: int  # sequences in one micro-batch
+    batch: int  # sequences of the step (an op's FLOPs are the whole step's)
+    kv_seqs: int  # sequences whose KV cache the region holds
+    vpw: int  # 16-bit values per wavelet
+    wavelet_bytes: int
+    weight_bytes: float
+    kv_bytes: float
+    algo: int  # timing.ALGOS index
+    exp_ops: int
+
+
+def env_of(p: WaferParams, sc: Scenario, mb: int) -> Env:
+    return Env(
+        mb=mb, batch=sc.batch, kv_seqs=sc.batch, vpw=p.fabric.values_per_wavelet,
+        wavelet_bytes=p.fabric.wavelet_bytes, weight_bytes=sc.precision.weight_bytes,
+        kv_bytes=sc.precision.kv_bytes, algo=ALGOS.index(p.mapping.allreduce_algo),
+        exp_ops=p.pe.exp_ops,
+    )  # fmt: skip
+
+
+@dataclass
+class Recipe:
+    """The phases of one op on one region, and what the op keeps in each PE's SRAM."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    axis: str = X  # axis the op's output is split along
+    resident: Any = 0.0  # bytes per PE held for the whole run (weights, KV)
+    act: Any = 0.0  # bytes per PE of working buffers while the op runs
+
+    def local(self, opcode, m, n, cls, *, flops=0.0, onchip=0.0) -> None:
+        self.rows.append(dict(opcode=opcode, m=m, n=n, g=cls, aux=1, flops=flops, onchip=onchip))
+
+    def reduce(self, env: Env, axis: str, pes, lines, values, *, bcast: bool = False) -> None:
+        """An allreduce (or a broadcast) of ``values`` 16-bit values per line, along ``axis``
+        over ``pes`` PEs, on ``lines`` lines at once."""
+        v = cdiv(values, env.vpw)
+        hops = (pes - 1) * (1 if bcast else 2)  # links of a line each carry v one way / both
+        self.rows.append(
+            dict(
+                opcode="allreduce", m=pes, n=v, g=env.algo, k=int(bcast), h=lines, aux=1,
+                axis=axis, fabric=lines * hops * v * env.wavelet_bytes,
+            )
+        )  # fmt: skip
+
+
+class Shape:
+    """A region's extents (ints, or arrays of candidate extents)."""
+
+    def __init__(self, cols: Any, rows: Any) -> None:
+        self.cols, self.rows = cols, rows
+
+    def ext(self, axis: str) -> Any:
+        return self.cols if axis == X else self.rows
+
+    @property
+    def pes(self) -> Any:
+        return self.cols * self.rows
+
+
+def seq_rows(op: Op, sc: Scenario) -> int:
+    """Tokens per sequence the op processes (1 in decode, the prompt in prefill)."""
+    return max(1, op.dim("m") // max(sc.batch, 1)) if op.dim("m") else 1
+
+
+def line_rows(r: int, q: int, lines: Any) -> Any:
+    """Token rows one line of PEs handles: every row of the micro-batch in decode (the
+    vector is replicated across the lines); in prefill the rows are split across the lines
+    (activations [tokens, width] are spread over the whole region)."""
+    return r if q == 1 else cdiv(r, lines)
+
+
+def op_recipe(op: Op, s: Shape, env: Env, axis: str, q: int) -> Recipe:
+    """Phases of ``op`` for one micro-batch of ``env.mb`` sequences of ``q`` tokens each, its
+    input split along ``axis``."""
+    r = env.mb * q  # rows (tokens) of the micro-batch
+    f = env.mb / env.batch  # share of the step's op one micro-batch is
+    kind, rc = op.kind, Recipe(axis=axis)
+    a_in, a_out = s.ext(axis), s.ext(other(axis))
+    if kind == OpKind.MATMUL:
+        k, n = op.dim("k"), op.dim("n")
+        mt, nt = cdiv(k, a_in), cdiv(n, a_out)  # weight tile [mt, nt] on every PE
+        rc.resident = mt * nt * env.weight_bytes
+        per_elem = env.weight_bytes + 2 * ACC_BYTES
+        if q == 1:  # GEMV: one fmach per input element, then reduce along the input axis
+            rc.local("mac", mt * r, nt, CLS_MAC, flops=op.flops * f,
+                     onchip=s.pes * mt * r * nt * per_elem)  # fmt: skip
+            rc.reduce(env, axis, a_in, a_out, nt * r)
+            rc.act = r * (mt + nt) * FP32
+            if op.id == "lm_head":  # greedy sampling: a max (value, index) along the output
+                rc.reduce(env, other(axis), a_out, a_in, 2 * r)
+        else:  # MeshGEMM: compute-shift steps (WaferLLM §5), no reduction of partial sums
+            steps = np.maximum(s.cols, s.rows)
+            m_t = cdiv(r, steps)
+            shift = cdiv(m_t * (mt + nt), env.vpw)
+            # each step: one fmach per k of the tile, a 2-D DSD walking the [m_t, nt] block
+            rc.rows.append(dict(
+                opcode="gemm", m=steps, n=m_t * nt, h=mt, k=shift, flops=op.flops * f,
+                onchip=s.pes * steps * m_t * mt * nt * per_elem,
+                fabric=s.pes * steps * shift * env.wavelet_bytes,
+            ))  # fmt: skip
+            rc.act = 2 * m_t * (mt + nt) * FP32 + cdiv(r * (k + n), s.pes) * 2
+        rc.axis = other(axis)
+    elif kind == OpKind.ATTENTION:
+        attention(op, s, env, axis, q, rc)
+    elif kind in (OpKind.NORM, OpKind.SOFTMAX):
+        n = cdiv(op.dim("n"), a_in)
+        rows = line_rows(r if kind == OpKind.NORM else max(1, round(op.dim("m") * f)), q, a_out)
+        rc.resident = n * env.weight_bytes * (op.params > 0)
+        if kind == OpKind.SOFTMAX:  # local max, max-allreduce, exp, sum-allreduce, scale
+            rc.local("vec", rows, n, CLS_MAX16)
+            rc.reduce(env, axis, a_in, a_out, rows)
+            rc.local("vec", (env.exp_ops + 1) * rows, n, CLS_ADD16)
+            rc.reduce(env, axis, a_in, a_out, rows)
+            rc.local("vec", rows, n, CLS_ADD16)
+        else:
+            for _ in range(2 if op.dim("layernorm") else 1):  # (mean,) sum of squares
+                rc.local("vec", rows, n, CLS_MAC)
+                rc.reduce(env, axis, a_in, a_out, rows)
+            rc.local("vec", 2 * rows, n, CLS_ADD16)  # x * rsqrt(ms) * gain
+        rc.act = rows * n * FP32
+    elif kind == OpKind.ROPE:  # x cos + rotate(x) sin: permute, two products, add
+        rows, n = line_rows(r, q, a_out), cdiv(op.dim("n"), a_in)
+        rc.local("vec", 4 * rows, n, CLS_ADD16)
+        rc.act = rows * n * FP32
+    elif kind == OpKind.ACTIVATION:  # silu(g) * u = g / (1 + exp(-g)) * u; gelu via tanh
+        rows, n = line_rows(r, q, a_out), cdiv(op.dim("n"), a_in)
+        rc.local("vec", (env.exp_ops + (4 if op.dim("gated") else 5)) * rows, n, CLS_ADD32)
+        rc.act = 2 * rows * n * FP32
+    elif kind == OpKind.RESIDUAL:
+        rows, n = line_rows(r, q, a_out), cdiv(op.dim("n"), a_in)
+        rc.local("vec", rows, n, CLS_ADD16)
+        rc.act = 2 * rows * n * FP32
+    elif kind == OpKind.EMBEDDING:
+        # table [vocab, hidden]: vocab down the rows, hidden across the columns; each token's
+        # row is copied out, then broadcast down the columns (split along x, replicated on y)
+        vocab, hidden = op.dim("vocab"), op.dim("n")
+        rc.resident = cdiv(vocab, s.rows) * cdiv(hidden, s.cols) * env.weight_bytes
+        rows, n = line_rows(r, q, s.rows), cdiv(hidden, s.cols)
+        rc.local("vec", rows, n, CLS_ADD16)
+        rc.reduce(env, Y, s.rows, s.cols, n * rows, bcast=True)
+        rc.axis = X
+        rc.act = rows * n * FP32
+    else:  # refused up front by supported_ops
+        raise ScenarioError(f"cerebras-like cannot lower {kind.value} ops ({op.id})")
+    return rc
+
+
+def attention(op: Op, s: Shape, env: Env, axis: str, q: int, rc: Recipe) -> None:
+    """Decode attention on the layer's region (WaferLLM §4): K and V tiles [kv_dim / P1 x
+    ctx / P0] per PE, kv_dim split along ``axis`` (P1 PEs, as q is) and the context along the
+    other (P0 PEs). Scores reduce along ``axis`` (only over the PEs sharing a head), softmax
+    reduces max and sum along the context axis, P.V reduces along it too; the output is
+    split along ``axis``. Causal prefill does the share of the query-key pairs it needs."""
+    r = env.mb * q
+    f = env.mb / env.batch
+    heads, kvh, d = op.dim("heads"), op.dim("kv_heads"), op.dim("head_dim")
+    kv_len = op.dim("kv_len")
+    q_dim, kv_dim = heads * d, kvh * d
+    p1, p0 = s.ext(axis), s.ext(other(axis))
+    hp = cdiv(heads, p1)  # heads whose dims a PE holds (1 when a head spans several PEs)
+    seg = cdiv(p1, heads)  # PEs sharing one head along the axis
+    ctx = cdiv(kv_len, p0)  # keys per PE
+    pairs = (q * (q + 1) / 2 + q * (kv_len - q)) if op.dim("causal") else q * kv_len
+    ctx_used = np.maximum(1, np.ceil(ctx * pairs / (q * kv_len) - 1e-9).astype(np.int64))
+    qd = cdiv(q_dim, p1)
+    rc.resident = env.kv_seqs * ctx * cdiv(kv_dim, p1) * 2 * env.kv_bytes
+    rc.local("vec", 2 * r, cdiv(kv_dim, p1), CLS_ADD16)  # append the new K and V
+    rc.local("mac", qd * r, ctx_used, CLS_MAC, flops=op.flops * f / 2,
+             onchip=s.pes * qd * r * ctx_used * (env.kv_bytes + 2 * ACC_BYTES))  # fmt: skip
+    rc.reduce(env, axis, seg, p0, hp * ctx * r)
+    rc.reduce(env, other(axis), p0, p1, hp * r)  # row max
+    rc.local("vec", (env.exp_ops + 1) * hp * r, ctx_used, CLS_ADD16)
+    rc.reduce(env, other(axis), p0, p1, hp * r)  # row sum
+    rc.local(
+        "mac",
+        ctx_used * hp * r,
+        cdiv(qd, hp),
+        CLS_MAC,
+        flops=op.flops * f / 2,
+        onchip=s.pes * ctx_used * hp * r * cdiv(qd, hp) * (env.kv_bytes + 2 * ACC_BYTES),
+    )
+    rc.reduce(env, other(axis), p0, p1, qd * r)
+    # buffers for the scores and output of the rows in flight (prefill streams its queries
+    # through one per sequence at a time, flash-attention style)
+    live = r if q == 1 else env.mb
+    rc.act = live * (hp * ctx + qd) * FP32
+    rc.axis = axis
+
+
+def block_axes(ops: list[Op]) -> dict[str, str]:
+    """Axis each op's input is split along, following the chain of a block (a decoder
+    layer starts split along x; each matrix product flips it)."""
+    out, axis = {}, X
+    for op in ops:
+        out[op.id] = axis
+        if op.kind in (OpKind.MATMUL, OpKind.EMBEDDING):
+            axis = other(axis) if op.kind == OpKind.MATMUL else X
+    return out
+
+
+# ---- the stream -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Region:
+    """A placed block: the rectangle ``[x, x + cols) x [y, y + rows)`` of wafer ``wafer``."""
+
+    block: int  # layer index; -1 the embedding, n_layers the final norm + lm_head
+    name: str
+    wafer: int
+    index: int
+    x: int
+    y: int
+    cols: int
+    rows: int
+
+    @property
+    def unit(self) -> str:
+        return f"wafer{self.wafer}.region{self.index}"
+
+    @property
+    def centre(self) -> tuple[int, int]:
+        return self.x + self.cols // 2, self.y + self.rows // 2
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Region:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def hops_between(a: Region, b: Region) -> int:
+    (ax, ay), (bx, by) = a.centre, b.centre
+    return abs(ax - bx) + abs(ay - by)
+
+
+def hops_to_edge(r: Region, cols: int, rows: int) -> int:
+    """Hops from a region's centre to the nearest edge of its wafer (the I/O ring)."""
+    x, y = r.centre
+    return min(x, cols - 1 - x, y, rows - 1 - y)
+
+
+class Lowerer:
+    """Emits one micro-batch's trip through every region (and every wafer)."""
+
+    def __init__(self, g: nx.DiGraph, plan: Plan, p: WaferParams, sc: Scenario) -> None:
+        self.g, self.plan, self.p, self.sc = g, plan, p, sc
+        x = plan.extra
+        self.regions = {d["block"]: Region.of(d) for d in x["regions"]}
+        self.wafer_cols, self.wafer_rows = x["wafer_cols"], x["wafer_rows"]
+        self.streaming = x["mode"] == "weight_streaming"
+        self.env = replace(
+            env_of(p, sc, plan.micro_batch or sc.batch),
+            kv_seqs=x.get("batch_per_wafer", sc.batch),
+        )
+        self.b = StreamBuilder(OPCODES)
+        self.b.meta.update(
+            family="cerebras-like", mode=x["mode"], region=f"{x['region_cols']}x{x['region_rows']}"
+        )
+        self.out_of: dict[str, int] = {}  # op id -> its last instruction
+        self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (op, block) -> (xfer, lag)
+        self.axis_of: dict[str, str] = {}
+        self.last_of_block: dict[int, int] = {}
+        self.loaded: dict[int, int] = {}  # block -> its weight_load (weight streaming)
+        self.local_out: dict[str, bool] = {}  # op id -> its last phase is local (streams)
+
+    def region_of(self, op: Op) -> Region:
+        if op.layer in self.regions:
+            return self.regions[op.layer]
+        return self.regions[max(self.regions)] if op.layer > 0 else self.regions[min(self.regions)]
+
+    # ---- transfers between regions ---------------------------------------------------------
+    def transfer(self, src_op: Op, dst: Region, values: int, *, terminal: bool = False,
+                 name: str = "activation_transfer") -> tuple[int, int]:  # fmt: skip
+        """Instruction that streams ``values`` 16-bit values of ``src_op``'s output to
+        ``dst``, and the lag (flight cycles) a consumer there starts after it."""
+        key = (src_op.id, dst.block)
+        if key in self.sent and not terminal:
+            return self.sent[key]
+        src, p, env = self.region_of(src_op), self.p, self.env
+        axis = self.axis_of.get(src_op.id, X)
+        lanes = min(Shape(src.cols, src.rows).ext(axis), Shape(dst.cols, dst.rows).ext(axis))
+        per_lane = cdiv(cdiv(values, lanes), env.vpw)
+        producer = self.out_of[src_op.id]
+        if self.local_out.get(src_op.id, False):  # a local phase streams its output out
+            lag = [(producer, START_START, p.pe.dsd_op_overhead_cycles)]
+        else:  # a reduction's result (an argmax) exists only once it has finished
+            lag = [(producer, END_START, 0)]
+        if src.wafer == dst.wafer:
+            hops = hops_between(src, dst)
+            i = self.b.add(
+                "xfer", unit=f"wafer{src.wafer}.xfer{src.index}", op=name, chip=src.wafer,
+                layer=src_op.layer, lagged=lag, m=hops, n=per_lane, k=int(terminal), h=lanes,
+                resources={f"wafer{src.wafer}.xfer{src.index}#{lanes}":
+                           lanes * per_lane * env.wavelet_bytes},
+                link_bytes=float(lanes * per_lane * env.wavelet_bytes * hops),
+            )  # fmt: skip
+            flight = xfer_flight_cycles(hops, p)
+        else:
+            hops = hops_to_edge(src, self.wafer_cols, self.wafer_rows) + hops_to_edge(
+                dst, self.wafer_cols, self.wafer_rows
+            )
+            nbytes = float(values * 2)  # 16-bit values packed on the Ethernet links
+            name = "wafer_transfer" if name == "activation_transfer" else name
+            i = self.b.add(
+                "wafer_xfer", unit=f"wafer{src.wafer}.io", op=name, chip=src.wafer,
+                layer=src_op.layer,
+                lagged=lag, m=hops, n=per_lane, k=int(terminal), h=lanes,
+                resources={f"wafer{src.wafer}>wafer{dst.wafer}": nbytes}, link_bytes=nbytes,
+            )  # fmt: skip
+            flight = wafer_flight_cycles(hops, p)
+        self.sent[key] = (i, flight)
+        return i, flight
+
+    # ---- ops -------------------------------------------------------------------------------
+    def emit_rows(self, op: Op, region: Region, rows, deps, lagged) -> int:
+        last = -1
+        for j, row in enumerate(rows):
+            row = dict(row)
+            opcode = row.pop("opcode")
+            axis = row.pop("axis", None)
+            fabric = float(row.pop("fabric", 0.0))
+            flops, onchip = float(row.pop("flops", 0.0)), float(row.pop("onchip", 0.0))
+            ints = {k: int(v) for k, v in row.items()}
+            if opcode == "allreduce" and ints["m"] <= 1:
+                continue  # nothing to reduce along a line of one PE
+            res = {}
+            if opcode == "allreduce":
+                lines = ints["h"]
+                res = {f"{region.unit}.{axis}#{lines}": lines * ints["n"] * self.env.wavelet_bytes}
+            last = self.b.add(
+                opcode, unit=region.unit, op=op.id, chip=region.wafer, layer=op.layer,
+                deps=deps if j == 0 or last < 0 else [last],
+                lagged=lagged if last < 0 else (), resources=res, flops=flops,
+                onchip_bytes=onchip, link_bytes=fabric, **ints,
+            )  # fmt: skip
+            self.local_out[op.id] = opcode in ("mac", "vec")
+        return last
+
+    def lower(self) -> StreamBuilder:
+        ops = ops_in_order(self.g)
+        axes = block_axes(ops)
+        for op in ops:
+            region = self.region_of(op)
+            deps, lagged = [], []
+            for pred in self.g.predecessors(op.id):
+                pop = self.g.nodes[pred]["op"]
+                if self.region_of(pop).block == region.block or self.streaming:
+                    deps.append(self.out_of[pred])
+                else:
+                    hidden = op.dim("n") if op.kind != OpKind.MATMUL else op.dim("k")
+                    values = hidden * self.env.mb * seq_rows(op, self.sc)
+                    i, flight = self.transfer(pop, region, values)
+                    lagged.append((i, START_START, flight))
+            if self.streaming:
+                deps += self.weight_load(op, region)
+            axis = axes[op.id]
+            rc = op_recipe(op, Shape(region.cols, region.rows), self.env, axis,
+                           seq_rows(op, self.sc))  # fmt: skip
+            self.axis_of[op.id] = rc.axis
+            last = self.emit_rows(op, region, rc.rows, deps, lagged)
+            if last < 0:  # no phase (cannot happen for supported ops): pass the deps on
+                last = deps[0] if deps else lagged[0][0]
+            self.out_of[op.id] = last
+            self.last_of_block[op.layer] = last
+        if self.g.graph.get("whole_model") and not self.streaming:
+            self.token_return(ops)
+        return self.b
+
+    def token_return(self, ops: list[Op]) -> None:
+        """The sampled token goes back to the embedding's region for the next step."""
+        head, embed = ops[-1], ops[0]
+        if head.layer == embed.layer:
+            return
+        self.transfer(head, self.region_of(embed), self.env.mb, terminal=True,
+                      name="token_return")  # fmt: skip
+
+    # ---- weight streaming --------------------------------------------------------------------
+    def weight_load(self, op: Op, region: Region) -> list[int]:
+        """Weight-streaming mode: the block's weights arrive from MemoryX before its first op
+        (loaded in block order; block L + 1 streams while block L computes, into the buffer
+        block L - 1 freed)."""
+        if op.layer in self.loaded:
+            return []
+        nbytes = sum(
+            self.g.nodes[n]["op"].params for n in self.g.nodes if self.g.nodes[n]["op"].layer
+            == op.layer
+        ) * self.env.weight_bytes  # fmt: skip
+        freed = self.last_of_block.get(op.layer - 2, -1)
+        levels = 1 + int(np.ceil(np.log2(max(self.plan.dp, 1))))
+        i = self.b.add(
+            "weight_load", unit="system.memoryx", op="weight_load", chip=0,
+            layer=op.layer, deps=[freed], resources={"memoryx": nbytes}, offchip_bytes=nbytes,
+            aux=levels,
+        )  # fmt: skip
+        self.loaded[op.layer] = i
+        return [i]
+
+
+def lower(g: nx.DiGraph, plan: Plan, p: WaferParams, sc: Scenario) -> InstructionStream:
+    """One micro-batch's trip (``replicated`` makes the program of several)."""
+    return Lowerer(g, plan, p, sc).lower().build()
