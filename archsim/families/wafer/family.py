@@ -52,6 +52,7 @@ class WaferFamily(Family):
     # link_bytes: bytes over links, on the wafer (fabric) and between wafers
     tiers = {"offchip_bytes": "memoryx", "onchip_bytes": "sram", "link_bytes": "links"}
     static = False
+    weight_stationary = True  # weights live in the PEs' SRAM (weight streaming is an option)
 
     def supported_ops(self) -> frozenset[str]:
         return SUPPORTED
