@@ -115,7 +115,7 @@ def simulate_kernel(
     params = load_arch(arch, {**implied, **user})
     prec = Precision.parse(dtype)
     g = kernel_graph(op, shape, prec, repeat)
-    refuse_unsupported(g, family)
+    refuse_unsupported(g, family, params)
     shape_used = kernel_shape(op, shape)
     if op == "attention":  # the defaults it resolved (kv_heads = heads, causal if q_len > 1)
         built = next(iter(g.nodes(data=True)))[1]["op"].shape

@@ -74,16 +74,21 @@ def classify(stream, duration: np.ndarray, peak: Peak, clock_hz: float):
     return ideal, cls
 
 
-def refuse_unsupported(g, family: Family) -> None:
-    """One line naming the first op kind the family cannot run (before any compiling)."""
+def refuse_unsupported(g, family: Family, params=None) -> None:
+    """One line naming the first op the family cannot run (before any compiling): an op kind
+    outside its ``supported_ops``, or, given the family's ``params``, whatever its
+    ``check_graph`` refuses (a precision, an activation, a head size...)."""
     allowed = family.supported_ops()
     for _, d in g.nodes(data=True):
-        kind = d["op"].kind.value
+        op = d["op"]
+        kind = op.kind.value
         if kind not in allowed:
             raise UnsupportedOpError(
-                f"{family.name} cannot run {kind} ops (op {d['op'].id}); it runs: "
+                f"{family.name} cannot run {kind} ops (op {op.id}, layer {op.layer}); it runs: "
                 + ", ".join(sorted(allowed))
             )
+    if params is not None:
+        family.check_graph(g, params)
 
 
 def run_stream(family: Family, params, stream):
@@ -120,7 +125,7 @@ def simulate(
     family = get_family(params.family)
 
     g = build_graph(spec, sc, layers)
-    refuse_unsupported(g, family)
+    refuse_unsupported(g, family, params)
     plan = family.plan(g, params, _chips_arg(chips))
     pg = family.partition(g, plan, params)
     estimate = family.instruction_estimate(pg, plan, params, sc)
