@@ -19,7 +19,7 @@ from archsim.core.registry import get_family
 from archsim.core.version import __version__
 from archsim.graph.kernels import kernel_graph, kernel_shape
 from archsim.graph.scenario import Precision
-from archsim.pipeline import BOUNDS, _critical_path, classify, refuse_unsupported
+from archsim.pipeline import BOUNDS, classify, critical_time, refuse_unsupported
 from archsim.result import git_revision
 
 
@@ -127,8 +127,8 @@ def simulate_kernel(
     total = tl.cycles
     peak = family.peak(params, prec.weights)
     _, cls = classify(stream, tl.duration, peak, clock)
-    critical = _critical_path(stream, tl)
-    secs = tl.duration / clock
+    critical, critical_cycles = critical_time(stream, tl)
+    secs = critical_cycles / clock
     by_bound = {b: float(secs[critical & (cls == i)].sum()) / repeat for i, b in enumerate(BOUNDS)}
     tiers = {name: float(stream.cols[col].sum()) / repeat for col, name in family.tiers.items()}
     choice = _plain(family.kernel_choice(stream, timing, params))

@@ -57,6 +57,9 @@ class Peak:
     onchip_bytes_per_s: float = 0.0  # 0: the on-chip tier is not a ceiling of this machine
     # tighter on-chip ceilings for some opcodes (a unit fed by a narrower path)
     onchip_bytes_per_s_by_opcode: tuple[tuple[str, float], ...] = ()
+    # tighter compute ceilings for the units of a kind ("mxu_qkv" for every chip's
+    # "chip3.mxu_qkv"): a fixed stage that owns a share of the chip's MACs
+    flops_per_s_by_unit: tuple[tuple[str, float], ...] = ()
 
 
 class Family(ABC):
