@@ -19,7 +19,7 @@ from archsim.core.registry import get_family
 from archsim.core.version import __version__
 from archsim.graph.kernels import kernel_graph, kernel_shape
 from archsim.graph.scenario import Precision
-from archsim.pipeline import BOUNDS, _critical_path, classify, refuse_unsupported
+from archsim.pipeline import BOUNDS, classify, critical_time, refuse_unsupported
 from archsim.result import git_revision
 
 
@@ -115,7 +115,7 @@ def simulate_kernel(
     params = load_arch(arch, {**implied, **user})
     prec = Precision.parse(dtype)
     g = kernel_graph(op, shape, prec, repeat)
-    refuse_unsupported(g, family)
+    refuse_unsupported(g, family, params)
     shape_used = kernel_shape(op, shape)
     if op == "attention":  # the defaults it resolved (kv_heads = heads, causal if q_len > 1)
         built = next(iter(g.nodes(data=True)))[1]["op"].shape
@@ -127,8 +127,8 @@ def simulate_kernel(
     total = tl.cycles
     peak = family.peak(params, prec.weights)
     _, cls = classify(stream, tl.duration, peak, clock)
-    critical = _critical_path(stream, tl)
-    secs = tl.duration / clock
+    critical, critical_cycles = critical_time(stream, tl)
+    secs = critical_cycles / clock
     by_bound = {b: float(secs[critical & (cls == i)].sum()) / repeat for i, b in enumerate(BOUNDS)}
     tiers = {name: float(stream.cols[col].sum()) / repeat for col, name in family.tiers.items()}
     choice = _plain(family.kernel_choice(stream, timing, params))

@@ -57,9 +57,23 @@ def onchip_ceiling(stream, peak: Peak) -> np.ndarray | None:
     return rate
 
 
+def compute_ceiling(stream, peak: Peak) -> np.ndarray:
+    """Per-instruction compute ceiling (FLOP/s): ``peak.flops_per_s``, or a tighter one for
+    the units of a kind in ``peak.flops_per_s_by_unit`` (a stage wired to a share of the
+    chip's MAC arrays)."""
+    rate = np.full(len(stream), float(peak.flops_per_s))
+    if peak.flops_per_s_by_unit:
+        kinds = np.array([_UNIT_KIND.sub("", u) for u in stream.unit_names])[stream.unit]
+        for kind, flops_per_s in peak.flops_per_s_by_unit:
+            rate[kinds == kind] = flops_per_s
+    return rate
+
+
 def classify(stream, duration: np.ndarray, peak: Peak, clock_hz: float):
     """Per instruction: (ideal compute, memory, link seconds) and its bound class index."""
     t_c = _seconds(stream.flops, peak.flops_per_s)
+    if peak.flops_per_s_by_unit:
+        t_c = stream.flops / compute_ceiling(stream, peak)
     t_m = _seconds(stream.offchip_bytes, peak.offchip_bytes_per_s)
     onchip = onchip_ceiling(stream, peak)
     if onchip is not None:
@@ -74,16 +88,21 @@ def classify(stream, duration: np.ndarray, peak: Peak, clock_hz: float):
     return ideal, cls
 
 
-def refuse_unsupported(g, family: Family) -> None:
-    """One line naming the first op kind the family cannot run (before any compiling)."""
+def refuse_unsupported(g, family: Family, params=None) -> None:
+    """One line naming the first op the family cannot run (before any compiling): an op kind
+    outside its ``supported_ops``, or, given the family's ``params``, whatever its
+    ``check_graph`` refuses (a precision, an activation, a head size...)."""
     allowed = family.supported_ops()
     for _, d in g.nodes(data=True):
-        kind = d["op"].kind.value
+        op = d["op"]
+        kind = op.kind.value
         if kind not in allowed:
             raise UnsupportedOpError(
-                f"{family.name} cannot run {kind} ops (op {d['op'].id}); it runs: "
+                f"{family.name} cannot run {kind} ops (op {op.id}, layer {op.layer}); it runs: "
                 + ", ".join(sorted(allowed))
             )
+    if params is not None:
+        family.check_graph(g, params)
 
 
 def run_stream(family: Family, params, stream):
@@ -120,7 +139,7 @@ def simulate(
     family = get_family(params.family)
 
     g = build_graph(spec, sc, layers)
-    refuse_unsupported(g, family)
+    refuse_unsupported(g, family, params)
     plan = family.plan(g, params, _chips_arg(chips))
     pg = family.partition(g, plan, params)
     estimate = family.instruction_estimate(pg, plan, params, sc)
@@ -170,8 +189,8 @@ def _result(run: _Run) -> Result:
     bw = {name: b / plan.chips / period for name, b in tier_bytes.items()}
     peak = family.peak(params, sc.precision.weights)
     ideal, cls = classify(stream, tl.duration, peak, clock)
-    critical = _critical_path(stream, tl)
-    secs = tl.duration / clock
+    critical, critical_cycles = critical_time(stream, tl)
+    secs = critical_cycles / clock  # the share of the step each instruction accounts for
     time_by_bound = {b: float(secs[critical & (cls == i)].sum()) for i, b in enumerate(BOUNDS)}
     bound = max(time_by_bound, key=time_by_bound.get)
     by_kind: dict[str, float] = {}
@@ -254,31 +273,53 @@ def _busy_by_unit_kind(tl) -> dict[str, dict[str, float]]:
             for k, v in sorted(shares.items())}  # fmt: skip
 
 
-def _critical_path(stream, tl) -> np.ndarray:
-    """Instructions on the chain of binding constraints that ends at the last finisher: from
-    an instruction, step to the producer or unit predecessor whose bound equals its start
-    (end + lag, start + lag for a streaming producer, release of the unit)."""
+def critical_time(stream, tl) -> tuple[np.ndarray, np.ndarray]:
+    """The chain of binding constraints that ends at the last finisher, and the cycles of it
+    each instruction accounts for (every cycle of the step at most once).
+
+    From an instruction's end: if a streaming (start -> start) producer's end + lag is that
+    end, the instruction was waiting for its producer's last rows: it accounts for the lag
+    and the walk continues at the producer's end. Otherwise the instruction accounts for its
+    whole duration and the walk continues at what bound its start: a producer's end + lag, a
+    unit predecessor's release, or a streaming producer's start + lag (that producer then
+    accounts for the lag and the walk continues at what bound its own start). On streams
+    without streaming dependencies this is each critical instruction's duration."""
     n = len(stream)
     on = np.zeros(n, dtype=bool)
+    cycles = np.zeros(n, dtype=np.float64)
     if n == 0:
-        return on
+        return on, cycles
     unit_prev = np.full(n, -1)
     last_on_unit: dict[int, int] = {}
     for i in range(n):
         u = int(stream.unit[i])
         unit_prev[i] = last_on_unit.get(u, -1)
         last_on_unit[u] = i
-    i = int(np.argmax(tl.end))
+    i, at_end, cursor = int(np.argmax(tl.end)), True, 0
     while i >= 0:
         on[i] = True
+        deps = stream.deps_of(i)
+        if at_end:
+            drained = next(
+                (j for j, kind, lag in deps
+                 if kind == START_START and tl.end[j] + lag == tl.end[i] and tl.end[j] < tl.end[i]),
+                -1,
+            )  # fmt: skip
+            if drained >= 0:
+                cycles[i] += tl.end[i] - tl.end[drained]
+                i = drained
+                continue
+            cycles[i] += tl.end[i] - tl.start[i]
+        else:
+            cycles[i] += cursor - tl.start[i]
         start = tl.start[i]
-        nxt = -1
-        for j, kind, lag in stream.deps_of(i):
+        nxt, at_end = -1, True
+        for j, kind, lag in deps:
             bound = (tl.start[j] if kind == START_START else tl.end[j]) + lag
             if bound == start:
-                nxt = j
+                nxt, at_end, cursor = j, kind != START_START, start
                 break
         if nxt < 0 and unit_prev[i] >= 0 and tl.release[unit_prev[i]] == start:
             nxt = int(unit_prev[i])
         i = nxt
-    return on
+    return on, cycles

@@ -36,14 +36,14 @@ PACKING_SLACK = 0.08
 
 
 # the dimension each tensor-split role is sliced along when an op is cut across stages
-_SPLIT_DIM = {"column": "n", "vocab": "vocab", "row": "k", "heads": "batch"}
+_SPLIT_DIM = {"column": "n", "vocab": "vocab", "row": "k", "heads": "batch", "state_heads": "batch"}
 
 
 def _chunk(op: Op, parts: int, j: int) -> Op:
     """Slice ``j`` of ``parts`` of an op along the dimension its tensor split cuts: output
-    columns (column), vocabulary rows (vocab), sequences (attention: each slice holds the KV
-    cache of its sequences) or the contraction (row: slices before the last emit partial sums
-    that the next slice accumulates)."""
+    columns (column), vocabulary rows (vocab), sequences (attention and SSM scans: each slice
+    holds the KV cache or the recurrent state of its sequences) or the contraction (row: slices
+    before the last emit partial sums that the next slice accumulates)."""
     key = _SPLIT_DIM[op.tp_role]
     full = op.dim(key)
     width = full // parts + (1 if j < full % parts else 0)  # parts <= full
@@ -60,8 +60,12 @@ def _chunk(op: Op, parts: int, j: int) -> Op:
         weight_bytes=op.weight_bytes * f,
         kv_read_bytes=op.kv_read_bytes * f,
         kv_write_bytes=op.kv_write_bytes * f,
-        act_in_bytes=op.act_in_bytes * (f if op.tp_role in ("row", "heads") else 1.0),
-        act_out_bytes=op.act_out_bytes * (f if op.tp_role in ("column", "heads") else 1.0),
+        state_read_bytes=op.state_read_bytes * f,
+        state_write_bytes=op.state_write_bytes * f,
+        act_in_bytes=op.act_in_bytes
+        * (f if op.tp_role in ("row", "heads", "state_heads") else 1.0),
+        act_out_bytes=op.act_out_bytes
+        * (f if op.tp_role in ("column", "heads", "state_heads") else 1.0),
     )
 
 
@@ -73,7 +77,7 @@ def wide_op_chunks(ops: list[Op], tp: int, cap: float, grain: int, wb: float) ->
         b = chip_bytes(op, tp, wb)
         if op.tp_role in _SPLIT_DIM and b > cap / grain:
             width = op.dim(_SPLIT_DIM[op.tp_role])
-            most = width if op.tp_role == "heads" else max(1, width // tp)
+            most = width if op.tp_role in ("heads", "state_heads") else max(1, width // tp)
             out[op.id] = min(math.ceil(b / (cap / grain)), most)
     return out
 
@@ -111,10 +115,14 @@ def split_wide_ops(g: nx.DiGraph, chunks: dict[str, int]) -> nx.DiGraph:
 def chip_bytes(op: Op, tp: int, wb: float) -> float:
     """Resident bytes ``op`` puts on each chip of a ``tp``-chip tensor group (the shares of
     compiler.partition.shard): its weight slice at ``wb`` bytes per weight and, for attention,
-    the KV cache of its KV heads (replicated when there are fewer KV heads than chips)."""
+    the KV cache of its KV heads (replicated when there are fewer KV heads than chips); for an
+    SSM scan, the recurrent state and conv weights of its heads."""
     if op.kind == OpKind.ATTENTION:
         kvh = op.dim("kv_heads")
         return op.kv_read_bytes * max(1, kvh // tp) / kvh
+    if op.kind == OpKind.SSM_SCAN:
+        heads = op.dim("heads")
+        return (op.state_write_bytes + op.params * wb) * math.ceil(heads / tp) / heads
     if not op.params:
         return 0.0
     key = _SPLIT_DIM.get(op.tp_role)

@@ -37,7 +37,8 @@ def split_layers(n_layers: int, pp: int) -> tuple[tuple[int, int], ...]:
 
 
 def memory_need(g: nx.DiGraph) -> MemoryNeed:
-    """Resident bytes: all weights, the KV cache of every sequence, and peak activations.
+    """Resident bytes: all weights, the KV cache of every sequence, the recurrent state of
+    every sequence in SSM layers (as resident as KV), and peak activations.
 
     Activations: the widest op's input and output for all tokens of the step (bf16), plus
     fp32 logits — the working set a serving engine reserves beside weights and KV.
@@ -48,30 +49,42 @@ def memory_need(g: nx.DiGraph) -> MemoryNeed:
     layers = len({o.layer for o in ops if 0 <= o.layer < spec.num_layers})
     weights = sum(o.params for o in ops) * sc.precision.weight_bytes
     kv_tokens = sc.batch * sc.kv_len
-    kv = kv_tokens * kv_bytes_per_token(spec, sc.precision.kv_bytes) * layers / spec.num_layers
+    if spec.ssm is None:
+        kv = kv_tokens * kv_bytes_per_token(spec, sc.precision.kv_bytes) * layers / spec.num_layers
+    else:  # only the attention layers of a hybrid hold a KV cache
+        per_layer = kv_bytes_per_token(spec, sc.precision.kv_bytes) / spec.num_attention_layers
+        kv = kv_tokens * per_layer * sum(o.kind == OpKind.ATTENTION for o in ops)
+    state = sum(o.state_write_bytes for o in ops)
     widest = max(
         (o.act_in_bytes + o.act_out_bytes for o in ops if o.kind != OpKind.ATTENTION), default=0.0
     )
     logits = 4.0 * sc.batch * spec.vocab_size if g.graph.get("whole_model") else 0.0
-    return MemoryNeed(weight_bytes=weights, kv_bytes=kv, act_bytes=widest + logits)
+    return MemoryNeed(
+        weight_bytes=weights, kv_bytes=kv, act_bytes=widest + logits, state_bytes=state
+    )
 
 
 def _stage_need(
     g: nx.DiGraph, stage_layers: tuple[tuple[int, int], ...], tp: int, need: MemoryNeed
 ) -> float:
-    """Bytes the fullest chip must hold: its stage's weights and KV / tp, plus activations."""
+    """Bytes the fullest chip must hold: its stage's weights, KV and recurrent state / tp,
+    plus activations."""
     sc: Scenario = g.graph["scenario"]
     n_layers = sum(stop - first for first, stop in stage_layers)
+    ops = [d["op"] for _, d in g.nodes(data=True)]
+    n_attn = sum(o.kind == OpKind.ATTENTION for o in ops)
     worst = 0.0
     for s, (first, stop) in enumerate(stage_layers):
-        params = 0
-        for _, d in g.nodes(data=True):
-            o: Op = d["op"]
+        params, attn, state = 0, 0, 0.0
+        for o in ops:
             owner = 0 if o.layer < 0 else (len(stage_layers) - 1 if o.layer >= n_layers else None)
             if owner == s or (owner is None and first <= o.layer < stop):
                 params += o.params
-        kv = need.kv_bytes * (stop - first) / max(n_layers, 1)
-        worst = max(worst, (params * sc.precision.weight_bytes + kv) / tp + need.act_bytes)
+                attn += o.kind == OpKind.ATTENTION
+                state += o.state_write_bytes
+        # the stage's share of the KV cache: its attention layers (every layer of a dense model)
+        kv = need.kv_bytes * attn / max(n_attn, 1)
+        worst = max(worst, (params * sc.precision.weight_bytes + kv + state) / tp + need.act_bytes)
     return worst
 
 
@@ -160,6 +173,8 @@ def _scaled(op: Op, f: float, **shape: int) -> Op:
         act_out_bytes=op.act_out_bytes * f,
         kv_read_bytes=op.kv_read_bytes * f,
         kv_write_bytes=op.kv_write_bytes * f,
+        state_read_bytes=op.state_read_bytes * f,
+        state_write_bytes=op.state_write_bytes * f,
     )
 
 
@@ -188,6 +203,14 @@ def shard(op: Op, tp: int) -> Op:
             kv_write_bytes=op.kv_write_bytes * f_kv,
             group=tp,
         )
+    if op.tp_role == "state_heads":
+        # an SSM scan: each chip runs its heads with their states (Mamba-2 tensor parallelism,
+        # mamba_ssm Mamba2 process_group); B and C, shared by a group of heads, are not
+        # replicated here when there are fewer groups than chips (2 x groups x state of the
+        # conv's channels, under 3% of a Bamba-9B layer's scan)
+        heads = math.ceil(op.dim("heads") / tp)
+        f = heads / op.dim("heads")
+        return replace(_scaled(op, f, heads=heads, n=heads * op.dim("head_dim")), group=tp)
     if op.tp_role == "vocab":
         vocab = math.ceil(op.dim("vocab") / tp)
         out = _scaled(op, vocab / op.dim("vocab"), vocab=vocab)

@@ -3,9 +3,9 @@
 A family is a package under ``archsim/families/`` whose ``family.py`` subclasses
 :class:`Family` and registers it (``@register_arch("name")``). Stateless: every number
 arrives as an argument (its typed params come from the YAML through ``Params``). The
-pipeline calls, in order: ``plan`` -> ``partition`` -> ``lower`` -> ``timing`` -> the
-engine -> ``step`` and ``summarize``. ``archsim kernel`` calls the same methods on a graph of
-one op.
+pipeline calls, in order: ``supported_ops`` and ``check_graph`` (admission) -> ``plan`` ->
+``partition`` -> ``lower`` -> ``timing`` -> the engine -> ``step`` and ``summarize``.
+``archsim kernel`` calls the same methods on a graph of one op.
 
 Core imports nothing above it, so graphs (``networkx.DiGraph`` of ``archsim.graph.Op``),
 params (a ``archsim.config.ArchParams`` subclass) and scenarios
@@ -57,6 +57,9 @@ class Peak:
     onchip_bytes_per_s: float = 0.0  # 0: the on-chip tier is not a ceiling of this machine
     # tighter on-chip ceilings for some opcodes (a unit fed by a narrower path)
     onchip_bytes_per_s_by_opcode: tuple[tuple[str, float], ...] = ()
+    # tighter compute ceilings for the units of a kind ("mxu_qkv" for every chip's
+    # "chip3.mxu_qkv"): a fixed stage that owns a share of the chip's MACs
+    flops_per_s_by_unit: tuple[tuple[str, float], ...] = ()
 
 
 class Family(ABC):
@@ -84,6 +87,13 @@ class Family(ABC):
     def supported_ops(self) -> frozenset[str]:
         """Op kinds (``archsim.graph.OpKind`` values) this family can lower; the pipeline
         refuses any other up front, naming it."""
+
+    def check_graph(self, g: Any, p: Any) -> None:
+        """Refuse, with one ``UnsupportedOpError`` line naming the op, its layer and the
+        family, anything of the graph this configuration cannot run beyond its op kinds
+        (a precision, an activation, a head size...). Called before ``plan``; default: all
+        ops of a supported kind run."""
+        return None
 
     @abstractmethod
     def clock_hz(self, p: Any) -> float: ...

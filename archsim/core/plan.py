@@ -13,10 +13,11 @@ class MemoryNeed:
     weight_bytes: float
     kv_bytes: float
     act_bytes: float  # peak working activations
+    state_bytes: float = 0.0  # recurrent state of every sequence (SSM layers), resident as KV
 
     @property
     def total(self) -> float:
-        return self.weight_bytes + self.kv_bytes + self.act_bytes
+        return self.weight_bytes + self.kv_bytes + self.act_bytes + self.state_bytes
 
 
 @dataclass(frozen=True)

@@ -95,18 +95,110 @@ def _attention(op_id: str, layer: int, spec: ModelSpec, sc: Scenario) -> Op:
     )
 
 
-def _decoder_layer(g: nx.DiGraph, i: int, x_in: str | None, spec: ModelSpec, sc: Scenario) -> str:
-    """Add one pre-norm decoder layer; returns the id of its output op."""
+def ssm_state_bytes_per_seq(spec: ModelSpec) -> float:
+    """Recurrent state one sequence keeps per SSM layer: the scan state [heads, head_dim,
+    state] and the conv's last ``conv_kernel - 1`` inputs [conv_dim], in the model's bf16
+    (mamba_ssm ``allocate_inference_cache``: the in_proj weights' dtype; vLLM keeps
+    ``d_conv - 1`` conv inputs)."""
+    s = spec.ssm
+    return (s.inner_size * s.state_size + (s.conv_kernel - 1) * s.conv_dim) * ELEM_BYTES
+
+
+def ssm_scan_flops_per_seq(spec: ModelSpec, sc: Scenario) -> float:
+    """FLOPs of one sequence's conv and scan in one SSM layer this step.
+
+    conv: 2 x conv_kernel FLOPs per channel and token. Decode (one token, the recurrence),
+    per state element of every head: the decay (1 FLOP), the rank-1 update dt x B (2) and the
+    readout C . state (2). Prefill (chunked SSD, arXiv:2405.21060 section 6), per chunk of
+    q tokens: C B^T per group ([q, N] @ [N, q]), the masked (L o C B^T) X per head ([q, q] @
+    [q, P]), the chunk's state B^T X per head ([N, q] @ [q, P]) and the outputs from the state
+    carried in, C S per head ([q, N] @ [N, P]); the blocks are computed whole (the kernels
+    mask, not skip), the O(heads x state) recurrence between chunks is neglected."""
+    s = spec.ssm
+    h, p, n, grp = s.num_heads, s.head_dim, s.state_size, s.n_groups
+    q = sc.new_tokens_per_seq
+    conv = 2.0 * s.conv_kernel * s.conv_dim * q
+    if sc.phase == "decode":
+        return conv + 5.0 * h * p * n
+    full, rest = divmod(q, s.chunk_size)
+    squares = full * s.chunk_size**2 + rest**2  # sum over chunks of (chunk length)^2
+    return conv + 2.0 * squares * (grp * n + h * p) + 4.0 * q * h * n * p
+
+
+def _ssm_scan(op_id: str, layer: int, spec: ModelSpec, sc: Scenario) -> Op:
+    """The conv and scan of one SSM layer for the whole batch: reads x, B, C and dt from
+    in_proj, writes y [tokens, inner]; a decode step reads and rewrites each sequence's
+    state, a prefill (from an empty cache) writes it."""
+    s, b, t = spec.ssm, sc.batch, sc.tokens
+    state = b * ssm_state_bytes_per_seq(spec)
+    params = s.conv_dim * (s.conv_kernel + 1) + 3 * s.num_heads  # conv w + b; A, D, dt bias
+    return Op(
+        id=op_id,
+        kind=OpKind.SSM_SCAN,
+        layer=layer,
+        shape={
+            "batch": b,
+            "q_len": sc.new_tokens_per_seq,
+            "m": t,
+            "n": s.inner_size,
+            "heads": s.num_heads,
+            "head_dim": s.head_dim,
+            "state": s.state_size,
+            "groups": s.n_groups,
+            "conv": s.conv_kernel,
+            "conv_dim": s.conv_dim,
+            "chunk": s.chunk_size,
+        },
+        flops=b * ssm_scan_flops_per_seq(spec, sc),
+        params=params,
+        weight_bytes=params * sc.precision.weight_bytes,
+        act_in_bytes=t * (s.conv_dim + s.num_heads) * ELEM_BYTES,  # x, B, C and dt
+        act_out_bytes=t * s.inner_size * ELEM_BYTES,  # y
+        state_read_bytes=state if sc.phase == "decode" else 0.0,
+        state_write_bytes=state,
+        weight_dtype=sc.precision.weights,
+        act_dtype=sc.precision.activations,
+        tp_role="state_heads",
+    )
+
+
+def _attention_mixer(i: int, spec: ModelSpec, sc: Scenario) -> list[Op]:
     t, h, d = sc.tokens, spec.hidden_size, spec.head_dim
     q_dim, kv_dim = spec.num_heads * d, spec.num_kv_heads * d
-    ffn = spec.intermediate_size
-    ops = [
+    return [
         _elementwise(f"L{i}.attn_norm", OpKind.NORM, i, t, h, 1, params=h, sc=sc),
         _matmul(f"L{i}.qkv_proj", i, t, q_dim + 2 * kv_dim, h, sc, "column"),
         replace(_elementwise(f"L{i}.rope", OpKind.ROPE, i, t, q_dim + kv_dim, 1), tp_role="column"),
         _attention(f"L{i}.attention", i, spec, sc),
         _matmul(f"L{i}.o_proj", i, t, h, q_dim, sc, "row"),
         _elementwise(f"L{i}.attn_residual", OpKind.RESIDUAL, i, t, h, 2),
+    ]
+
+
+def _ssm_mixer(i: int, spec: ModelSpec, sc: Scenario) -> list[Op]:
+    """Mamba-2: norm, in_proj, conv + scan, gated RMSNorm (y x silu(z), then RMSNorm over
+    the inner width: reads y and z), out_proj, residual."""
+    t, h, inner = sc.tokens, spec.hidden_size, spec.ssm.inner_size
+    gate_norm = _elementwise(f"L{i}.ssm_gate_norm", OpKind.NORM, i, t, inner, 2, inner, sc)
+    return [
+        _elementwise(f"L{i}.mixer_norm", OpKind.NORM, i, t, h, 1, params=h, sc=sc),
+        _matmul(f"L{i}.in_proj", i, t, spec.ssm.in_proj_size, h, sc, "column"),
+        _ssm_scan(f"L{i}.ssm_scan", i, spec, sc),
+        replace(gate_norm, shape={"m": t, "n": inner, "gated": 1}, tp_role="column"),
+        _matmul(f"L{i}.out_proj", i, t, h, inner, sc, "row"),
+        _elementwise(f"L{i}.mixer_residual", OpKind.RESIDUAL, i, t, h, 2),
+    ]
+
+
+def _decoder_layer(g: nx.DiGraph, i: int, x_in: str | None, spec: ModelSpec, sc: Scenario) -> str:
+    """Add one pre-norm decoder layer (attention, or a hybrid's SSM mixer, then the FFN);
+    returns the id of its output op."""
+    t, h = sc.tokens, spec.hidden_size
+    ffn = spec.intermediate_size
+    mixer = _attention_mixer(i, spec, sc) if spec.has_attention(i) else _ssm_mixer(i, spec, sc)
+    residual = mixer[-1].id
+    ops = [
+        *mixer,
         _elementwise(f"L{i}.ffn_norm", OpKind.NORM, i, t, h, 1, params=h, sc=sc),
         _matmul(f"L{i}.gate_up_proj", i, t, (2 if spec.gated_ffn else 1) * ffn, h, sc, "column"),
         # silu(gate) * up reads [t, 2*ffn] and writes [t, ffn]; plain gelu reads [t, ffn]
@@ -124,10 +216,12 @@ def _decoder_layer(g: nx.DiGraph, i: int, x_in: str | None, spec: ModelSpec, sc:
         if prev is not None:
             g.add_edge(prev, op.id)
         prev = op.id
-    # residual adds also read the layer's (or the attention block's) input
+    # residual adds also read the layer's (or the mixer block's) input
     if x_in is not None:
-        g.add_edge(x_in, f"L{i}.attn_residual")
-    g.add_edge(f"L{i}.attn_residual", f"L{i}.ffn_residual")
+        g.add_edge(x_in, residual)
+    g.add_edge(residual, f"L{i}.ffn_residual")
+    if not spec.has_attention(i):  # the gated norm reads z straight from in_proj
+        g.add_edge(f"L{i}.in_proj", f"L{i}.ssm_gate_norm")
     return prev
 
 

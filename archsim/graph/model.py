@@ -47,6 +47,39 @@ class MLASpec:
 
 
 @dataclass(frozen=True)
+class SSMSpec:
+    """A Mamba-2 mixer (SSD: Dao & Gu, arXiv:2405.21060; ``mamba_ssm.modules.mamba2.Mamba2``),
+    used by the decoder layers of a hybrid model that are not attention layers.
+
+    in_proj: [hidden] -> [z, x, B, C, dt] of 2 x inner + 2 x groups x state + heads; a causal
+    depthwise conv of ``conv_kernel`` taps over x, B, C (``conv_dim`` channels); the scan over
+    ``num_heads`` heads of ``head_dim`` channels, each with a [head_dim, state_size] state;
+    B and C shared by the heads of a group; a gated RMSNorm over the inner width; out_proj
+    back to hidden. Prefill uses the chunked SSD form with chunks of ``chunk_size`` tokens."""
+
+    state_size: int  # N (d_state)
+    num_heads: int  # H
+    head_dim: int  # P; inner width = H x P
+    n_groups: int  # G
+    conv_kernel: int  # W
+    chunk_size: int  # Q
+
+    @property
+    def inner_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the causal conv: x, B and C."""
+        return self.inner_size + 2 * self.n_groups * self.state_size
+
+    @property
+    def in_proj_size(self) -> int:
+        """Output width of in_proj: z, x, B, C and one dt per head."""
+        return 2 * self.inner_size + 2 * self.n_groups * self.state_size + self.num_heads
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Decoder-only transformer shape; every count is per model, every size in elements."""
 
@@ -65,11 +98,23 @@ class ModelSpec:
     max_position_embeddings: int = 8192
     moe: MoESpec | None = None
     mla: MLASpec | None = None
+    # hybrid state-space models: the layers listed in attention_layers have attention, the
+    # others the ssm mixer (None, None: every layer has attention)
+    ssm: SSMSpec | None = None
+    attention_layers: tuple[int, ...] | None = None
     source: str = ""
 
     @property
     def is_moe(self) -> bool:
         return self.moe is not None
+
+    def has_attention(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` mixes tokens by attention (else by its SSM)."""
+        return self.attention_layers is None or layer in self.attention_layers
+
+    @property
+    def num_attention_layers(self) -> int:
+        return self.num_layers if self.attention_layers is None else len(self.attention_layers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +160,27 @@ def _validate(spec: ModelSpec) -> ModelSpec:
     if spec.mla is not None:
         for f in fields(spec.mla):
             _positive(spec.name, f"mla.{f.name}", getattr(spec.mla, f.name))
+    if (spec.ssm is None) != (spec.attention_layers is None):
+        raise ModelError(
+            f"model {spec.name!r}: a hybrid model needs both 'ssm:' and 'attention_layers:'"
+        )
+    if spec.ssm is not None:
+        for f in fields(spec.ssm):
+            _positive(spec.name, f"ssm.{f.name}", getattr(spec.ssm, f.name))
+        if spec.ssm.num_heads % spec.ssm.n_groups:
+            raise ModelError(
+                f"model {spec.name!r}: ssm.num_heads {spec.ssm.num_heads} is not a multiple of "
+                f"ssm.n_groups {spec.ssm.n_groups}"
+            )
+        layers = spec.attention_layers
+        if len(set(layers)) != len(layers) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < spec.num_layers
+            for i in layers
+        ):
+            raise ModelError(
+                f"model {spec.name!r}: attention_layers must be distinct layer indices in "
+                f"0..{spec.num_layers - 1}, got {list(layers)}"
+            )
     if spec.moe is not None:
         m = spec.moe
         for key in ("num_experts", "experts_per_token", "expert_intermediate_size"):
@@ -146,6 +212,12 @@ def _from_mapping(data: dict[str, Any], name: str) -> ModelSpec:
             data["moe"] = MoESpec(**{"shared_experts": 0, "first_dense_layers": 0, **data["moe"]})
         if data.get("mla") is not None:
             data["mla"] = MLASpec(**data["mla"])
+        if data.get("ssm") is not None:
+            data["ssm"] = SSMSpec(**data["ssm"])
+        if data.get("attention_layers") is not None:
+            if not isinstance(data["attention_layers"], list | tuple):
+                raise ModelError(f"model {name!r}: attention_layers must be a list of layers")
+            data["attention_layers"] = tuple(data["attention_layers"])
         data.setdefault("name", name)
         return _validate(ModelSpec(**data))
     except TypeError as exc:
@@ -157,7 +229,8 @@ def model_names() -> list[str]:
 
 
 def from_hf_config(path: Path) -> ModelSpec:
-    """Map a Hugging Face ``config.json`` (Llama, Mistral/Mixtral, DeepSeek-V3) to a ModelSpec."""
+    """Map a Hugging Face ``config.json`` (Llama, Mistral/Mixtral, DeepSeek-V3, and Mamba-2
+    hybrids that name their attention layers: Bamba, Granite-4.0-H) to a ModelSpec."""
     try:
         cfg = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -201,6 +274,8 @@ def from_hf_config(path: Path) -> ModelSpec:
                 "v_head_dim",
             )
         }
+    if cfg.get("mamba_d_state"):
+        spec.update(_hf_mamba2(cfg, spec))
     experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts")
     if experts:
         spec["moe"] = {
@@ -213,6 +288,38 @@ def from_hf_config(path: Path) -> ModelSpec:
             "first_dense_layers": int(cfg.get("first_k_dense_replace") or 0),
         }
     return _from_mapping(spec, str(path))
+
+
+def _hf_mamba2(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``ssm`` block and attention layers of a Bamba-style config (``mamba_*`` keys, the
+    attention layers as ``attn_layer_indices`` or a per-layer ``layers_block_type`` /
+    ``layer_types`` list; transformers BambaConfig)."""
+    try:
+        heads = int(cfg["mamba_n_heads"])
+        inner = int(cfg.get("mamba_expand", 2)) * spec["hidden_size"]
+        head_dim = cfg.get("mamba_d_head", "auto")
+        head_dim = inner // heads if head_dim in (None, "auto") else int(head_dim)
+        ssm = {
+            "state_size": int(cfg["mamba_d_state"]),
+            "num_heads": heads,
+            "head_dim": head_dim,
+            "n_groups": int(cfg.get("mamba_n_groups", 1)),
+            "conv_kernel": int(cfg.get("mamba_d_conv", 4)),
+            "chunk_size": int(cfg.get("mamba_chunk_size", 256)),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"Mamba-2 config: missing or bad field {exc}") from None
+    types = cfg.get("layers_block_type") or cfg.get("layer_types")
+    if cfg.get("attn_layer_indices") is not None:
+        layers = [int(i) for i in cfg["attn_layer_indices"]]
+    elif isinstance(types, list):
+        layers = [i for i, t in enumerate(types) if t == "attention"]
+    else:
+        raise ModelError(
+            "Mamba-2 config names no attention layers (attn_layer_indices, layers_block_type "
+            "or layer_types)"
+        )
+    return {"ssm": ssm, "attention_layers": layers}
 
 
 def load_model(name: str) -> ModelSpec:

@@ -22,6 +22,10 @@ class OpKind(StrEnum):
     RESIDUAL = "residual"  # x + f(x)
     ALL_REDUCE = "all_reduce"  # tensor-parallel sum across the chips of a stage
     SEND_RECV = "send_recv"  # activations to the next pipeline stage
+    # a Mamba-2 mixer's core (SSD, arXiv:2405.21060): the short causal depthwise conv over
+    # x, B, C with its SiLU, then the selective state-space scan with the D skip; it reads and
+    # writes a recurrent state per sequence (state_read_bytes / state_write_bytes)
+    SSM_SCAN = "ssm_scan"
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,9 @@ class Op:
     """One operation for the whole batch of the step.
 
     Shapes follow the op kind: matmul ``m x k @ k x n``; elementwise ops ``m`` rows of ``n``;
-    attention has ``batch, heads, kv_heads, head_dim, q_len, kv_len, causal`` in ``shape``.
+    attention has ``batch, heads, kv_heads, head_dim, q_len, kv_len, causal`` in ``shape``; an
+    SSM scan ``batch, q_len, m`` (tokens), ``n`` (heads x head_dim), ``heads, head_dim, state,
+    groups, conv, conv_dim, chunk``.
     Bytes are what the op must read/write at least once (its compulsory traffic); a cycle
     model adds the re-reads its tiling causes.
     """
@@ -45,10 +51,16 @@ class Op:
     act_out_bytes: float = 0.0  # activation bytes written
     kv_read_bytes: float = 0.0  # KV-cache bytes read
     kv_write_bytes: float = 0.0  # KV-cache bytes appended
+    # recurrent state (an SSM's scan and conv states) read at the start of the step and
+    # written at its end; the state written is what stays resident between steps, as KV does
+    state_read_bytes: float = 0.0
+    state_write_bytes: float = 0.0
     link_bytes: float = 0.0  # bytes each chip sends (communication ops)
     weight_dtype: str = "bf16"
     act_dtype: str = "bf16"
-    tp_role: str = "replicated"  # how tensor parallelism splits it: column|row|heads|vocab|...
+    # how tensor parallelism splits it: column|row|heads|vocab|state_heads (an SSM scan: its
+    # heads and their states)|replicated
+    tp_role: str = "replicated"
     stage: int = 0  # pipeline stage after partitioning
     group: int = 1  # chips that run this op together (tensor-parallel degree)
 
@@ -61,6 +73,8 @@ class Op:
             + self.act_out_bytes
             + self.kv_read_bytes
             + self.kv_write_bytes
+            + self.state_read_bytes
+            + self.state_write_bytes
         )
 
     def dim(self, key: str) -> int:

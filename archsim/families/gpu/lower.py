@@ -125,6 +125,8 @@ def lower_op(op: Op, emit, plan: Plan, p: GpuParams) -> int:
             op, "send_recv", unit="nvlink", aux=int(crosses), m=op.dim("m"), n=op.dim("n"),
             link_bytes=op.link_bytes, offchip_bytes=op.mem_bytes,
         )  # fmt: skip
+    if kind == OpKind.SSM_SCAN:
+        return _ssm_scan(op, emit, l2)
     raise AssertionError(f"h100-like cannot lower {kind} (supported_ops should refuse it)")
 
 
@@ -189,3 +191,64 @@ def _activation(op: Op, emit, reps: int, l2_bytes: float) -> int:
             **_tier(nbytes, footprint, l2_bytes),
         )  # fmt: skip
     return last
+
+
+def _ssm_scan(op: Op, emit, l2: float) -> int:
+    """A Mamba-2 conv and scan as the kernels mamba_ssm and vLLM launch: causal_conv1d (reads
+    x, B, C and writes them convolved; decode also reads and rewrites the conv state), then
+    decode: selective_state_update, one memory-bound pass over each sequence's state that
+    reads it, updates it and writes it back; prefill: the SSD kernels of
+    mamba_chunk_scan_combined as four strided-batched bf16 GEMMs (C B^T per group, the chunk
+    states B^T X, the intra-chunk (L o C B^T) X and the inter-chunk C S per head, each with
+    its operands' traffic) and one elementwise kernel for the decays and the state passing
+    between chunks, which writes the final state. The op's FLOPs are shared among the
+    kernels in proportion to their products."""
+    b, q = op.dim("batch"), op.dim("q_len")
+    heads, pdim, n, grp = op.dim("heads"), op.dim("head_dim"), op.dim("state"), op.dim("groups")
+    inner = heads * pdim  # this chip's heads
+    conv_local = op.dim("conv_dim") * inner / max(op.dim("conv_dim") - 2 * grp * n, 1)
+    conv_state = (op.dim("conv") - 1) * conv_local
+    conv_share = conv_state / (conv_state + inner * n)  # of the recurrent state bytes
+    tokens = b * q
+    conv_flops = 2.0 * op.dim("conv") * conv_local * tokens
+    state_rw = op.state_read_bytes + op.state_write_bytes
+    conv_bytes = 2 * op.act_in_bytes + op.weight_bytes + state_rw * conv_share
+    if q == 1:
+        parts = [conv_flops, max(op.flops - conv_flops, 0.0)]
+    else:
+        chunk = min(op.dim("chunk"), q)
+        chunks = -(-q // chunk)
+        states = b * chunks * inner * n  # the chunk states [chunks, heads, P, N] of each seq
+        cb = b * chunks * grp * chunk * chunk  # C B^T of every chunk and group
+        # (batch, m, n, k) of each SSD product and the distinct elements it reads and writes
+        # (a group's C B^T and C are read by all its heads: they come from L2 after the first)
+        gemms = [
+            (b * chunks * grp, chunk, chunk, n, 2 * tokens * grp * n + cb),  # C B^T
+            (b * chunks * heads, n, pdim, chunk, tokens * (inner + grp * n) + states),  # B^T X
+            (b * chunks * heads, chunk, pdim, chunk, cb + 2 * tokens * inner),  # (L o CB^T) X
+            (b * chunks * heads, chunk, pdim, n, tokens * grp * n + states + tokens * inner),
+        ]
+        parts = [conv_flops] + [2.0 * g_ * m_ * n_ * k_ for g_, m_, n_, k_, _ in gemms]
+    scale = op.flops / sum(parts) if sum(parts) > 0 else 0.0
+    emit(
+        op, "elementwise", m=tokens, n=int(conv_local), g=VECTORISED,
+        aux=_ctas(op.act_in_bytes), flops=parts[0] * scale,
+        **_tier(conv_bytes, conv_bytes, l2),
+    )  # fmt: skip
+    scan_state = state_rw * (1 - conv_share)
+    if q == 1:
+        nbytes = scan_state + op.act_in_bytes + op.act_out_bytes
+        return emit(
+            op, "elementwise", m=tokens, n=inner, g=VECTORISED, aux=_ctas(scan_state / 2),
+            flops=parts[1] * scale, offchip_bytes=nbytes,
+        )  # fmt: skip
+    for (g_, m_, n_, k_, elements), flops in zip(gemms, parts[1:], strict=True):
+        emit(
+            op, "gemm", m=m_, n=n_, k=k_, g=g_, aux=DTYPE_CODE["bf16"],
+            offchip_bytes=2.0 * elements, flops=flops * scale,
+        )  # fmt: skip
+    passing = scan_state + 2.0 * 2 * states  # chunk states read and rewritten, final state out
+    return emit(
+        op, "elementwise", m=b * chunks, n=inner, g=VECTORISED, aux=_ctas(passing / 2),
+        **_tier(passing, passing, l2),
+    )  # fmt: skip

@@ -211,6 +211,8 @@ class Lowerer:
             dst = op.dim("dst_stage")
             port = self.port(op.stage, dst)
             return [self.transfer(op, deps, port, op.link_bytes * f, self.hops(op.stage, dst))]
+        if kind == OpKind.SSM_SCAN:
+            return [self.ssm_scan(op, deps)]
         raise UnsupportedOpError(f"groq-like cannot lower {kind} ({op.id})")
 
     def matmul(self, op: Op, deps: list[int]) -> int:
@@ -278,6 +280,24 @@ class Lowerer:
             op.flops * f / 2, scores / ACC_BYTES * el,
         )  # fmt: skip
         return self.requant(op, pv, mb * heads * q_len * d)
+
+    def ssm_scan(self, op: Op, deps: list[int]) -> int:
+        """A Mamba-2 conv and scan as its recurrence on the VXM, the state held in MEM (no
+        chunked SSD on the MXM): the causal conv (conv_kernel multiply-adds per channel) and
+        its SiLU over x, B, C; then per token and state element of every head the decay, the
+        rank-1 update and the readout product (three fp ops over the bf16 state), and the
+        readout's sum over the state dimension on the SXM."""
+        f = self.f
+        conv = self.vxm(op, deps, self.vectors(op.act_in_bytes * f), fp=op.dim("conv") + 1, tr=1)
+        tokens = op.dim("m") * f
+        state_elements = tokens * op.dim("n") * op.dim("state")  # [tokens, heads x P, N]
+        v = self.vectors(state_elements * 2)
+        scan = self.emit(
+            "vxm", "vxm", op, [conv], m=v, k=3, aux=2 * self.p.place.vxm_operand_slices,
+            onchip_bytes=2.0 * v * self.vb, flops=op.flops * f,
+        )  # fmt: skip
+        steps = math.ceil(math.log2(max(op.dim("state"), 2)))
+        return self.sxm(op, [scan], v, steps)
 
     def all_reduce(self, op: Op, deps: list[int]) -> list[int]:
         """One-shot reduce-scatter + all-gather over the fully connected tensor group: each
