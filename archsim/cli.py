@@ -484,11 +484,14 @@ def _raw_overrides(items) -> dict[str, str]:
 @click.option("--launch", default=None,
               help="h100-like: graph (GPU time in a CUDA graph, the default) or eager (each "
               "launch from the host first)")  # fmt: skip
+@click.option("--option", "family_options", multiple=True, metavar="NAME=VALUE",
+              help="a family kernel option, e.g. allreduce=ring (cerebras-like)")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override an arch config key")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def kernel(op, arch, m, n, k, batch, heads, kv_heads, head_dim, q_len, ctx, causal, rows, cols,
-           nbytes, ranks, dtype, repeat, launch, overrides, as_json) -> None:  # fmt: skip
+           nbytes, ranks, dtype, repeat, launch, family_options, overrides,
+           as_json) -> None:  # fmt: skip
     """Time one operator OP on ARCH: gemm, bmm, attention, softmax, layernorm, rmsnorm,
     gelu, silu-mul, rope, add, copy, all-reduce, send-recv."""
     from archsim.kernel import simulate_kernel
@@ -498,9 +501,15 @@ def kernel(op, arch, m, n, k, batch, heads, kv_heads, head_dim, q_len, ctx, caus
                  head_dim=head_dim, q_len=q_len, ctx=ctx, rows=rows, cols=cols,
                  bytes=nbytes, ranks=ranks,
                  causal=None if causal is None else int(causal))  # fmt: skip
+    options = {"launch": launch}
+    for item in family_options:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ArchsimError(f"--option expects name=value, got {item!r}")
+        options[name.strip()] = value.strip()
     r = simulate_kernel(
-        arch, op, dtype=dtype, repeat=repeat, overrides=list(overrides),
-        options={"launch": launch}, **shape,
+        arch, op, dtype=dtype, repeat=repeat, overrides=list(overrides), options=options,
+        **shape,
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps(r.to_dict(), sort_keys=True))
