@@ -126,7 +126,7 @@ def simulate_kernel(
     clock = family.clock_hz(params)
     total = tl.cycles
     peak = family.peak(params, prec.weights)
-    _, cls = classify(stream, tl.duration, peak, clock)
+    _, cls = classify(stream, tl.duration, peak, clock, timing)
     critical, critical_cycles = critical_time(stream, tl)
     secs = critical_cycles / clock
     by_bound = {b: float(secs[critical & (cls == i)].sum()) / repeat for i, b in enumerate(BOUNDS)}

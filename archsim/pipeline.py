@@ -69,8 +69,24 @@ def compute_ceiling(stream, peak: Peak) -> np.ndarray:
     return rate
 
 
-def classify(stream, duration: np.ndarray, peak: Peak, clock_hz: float):
-    """Per instruction: (ideal compute, memory, link seconds) and its bound class index."""
+def shared_resource_bound(stream, timing, duration: np.ndarray) -> np.ndarray:
+    """Instructions whose transfer over a shared resource lasted longer than their own work
+    (they got a share of a bandwidth other flows were using): bool [n]."""
+    if timing is None or not len(stream.res_idx):
+        return np.zeros(len(stream), dtype=bool)
+    moves = np.diff(stream.res_ptr) > 0
+    flow = duration - timing.latency  # the flow phase (start to its last byte)
+    return moves & (flow > timing.work)
+
+
+def classify(stream, duration: np.ndarray, peak: Peak, clock_hz: float, timing=None):
+    """Per instruction: (ideal compute, memory, link seconds) and its bound class index.
+
+    An instruction is bound by whichever ideal time (at the family's ceilings) is largest,
+    or by *overhead* when even that is under OVERHEAD_SHARE of its modelled time — unless
+    the modelled time went to sharing a resource (``timing`` given: its transfer outlasted
+    its own work), which is memory (or communication, for link bytes only) contention, not
+    overhead."""
     t_c = _seconds(stream.flops, peak.flops_per_s)
     if peak.flops_per_s_by_unit:
         t_c = stream.flops / compute_ceiling(stream, peak)
@@ -85,6 +101,9 @@ def classify(stream, duration: np.ndarray, peak: Peak, clock_hz: float):
     latency_bound = ideal.max(axis=0) < OVERHEAD_SHARE * secs
     # a latency-bound transfer is still communication; anything else is fixed overhead
     cls = np.where(latency_bound, np.where(stream.link_bytes > 0, 2, 3), cls)
+    shared = shared_resource_bound(stream, timing, duration)
+    links_only = (stream.link_bytes > 0) & (stream.offchip_bytes == 0) & (stream.onchip_bytes == 0)
+    cls = np.where(latency_bound & shared, np.where(links_only, 2, 1), cls)
     return ideal, cls
 
 
@@ -188,7 +207,7 @@ def _result(run: _Run) -> Result:
     tier_bytes = {name: float(stream.cols[col].sum()) * scale for col, name in family.tiers.items()}
     bw = {name: b / plan.chips / period for name, b in tier_bytes.items()}
     peak = family.peak(params, sc.precision.weights)
-    ideal, cls = classify(stream, tl.duration, peak, clock)
+    ideal, cls = classify(stream, tl.duration, peak, clock, run.timing)
     critical, critical_cycles = critical_time(stream, tl)
     secs = critical_cycles / clock  # the share of the step each instruction accounts for
     time_by_bound = {b: float(secs[critical & (cls == i)].sum()) for i, b in enumerate(BOUNDS)}
