@@ -136,7 +136,7 @@ def main() -> None:
     fa3 = calibration("h100-like", "published_attention", "fa3_prefill/causal")
     print(f"\nFA3 causal calibration cases ({len(fa3)}) - MAPE by attention_cta_fixed_s")
     for v in (1.5e-6, 2.0e-6, 2.25e-6, 2.5e-6, 2.75e-6, 3.0e-6):
-        print(f"  {v * 1e6:.1f} us: {mape(fa3, {'kernel.attention_cta_fixed_s': v}):.2%}")
+        print(f"  {v * 1e6:.2f} us: {mape(fa3, {'kernel.attention_cta_fixed_s': v}):.2%}")
 
 
 if __name__ == "__main__":
