@@ -1,14 +1,19 @@
-"""`archsim validate`: predicted vs measured times of real H100 cases.
+"""`archsim validate`: predicted vs measured times of real GPU cases (H100, H200, A100, B200).
 
 Cases come from ``validation/`` (shipped in the wheel as archsim/_data/validation):
 
-* ``h100_microbench.json`` -- this project's calibration microbenchmarks (a copy of
+* ``h100_microbench.json`` -- this project's H100 microbenchmarks (a copy of
   shared/calibration/h100_microbench.json), turned into cases by :func:`microbench_cases`;
-* ``published.json`` -- published measurements whose setup is fully specified;
+* every other ``*.json`` there -- published measurements whose setup is fully specified
+  (``published.json`` for the H100, ``a100_published.json``, ``h200_published.json``, ...);
 * ``measured/*.json`` -- case files written by ``validation/measure_h100.py`` on an H100.
 
 A case file is ``{"source": ..., "cases": [{id, group, kind, timing, params, measured_s,
-tolerance, scored, note}, ...]}``. ``kind`` says what is predicted:
+tolerance, scored, note, role, arch}, ...]}``. ``arch`` is the preset that predicts the case
+(default h100-like). ``role`` keeps calibration apart from validation: a ``calibration``
+case is one a constant of the preset was read from (the YAML comment names it); a
+``validation`` case (the default) was never used to set anything. MAPE is reported for each
+role apart. ``kind`` says what is predicted:
 
 * ``gemm`` {m, n, k, dtype}: one GEMM kernel; ``repeat`` back-to-back copies (a graph of 20
   sets the power-capped clock as it did on the GPU); ``timing`` graph (per-kernel GPU time
@@ -18,11 +23,17 @@ tolerance, scored, note}, ...]}``. ``kind`` says what is predicted:
   modelled software stack, lowered exactly as a decode step lowers it;
 * ``copy`` / ``read`` {bytes}: an SM copy or sum() over a buffer;
 * ``attention_prefill`` {batch, heads, seq, head_dim, causal}: one FlashAttention kernel;
+* ``softmax`` / ``layernorm`` / ``gelu`` {rows, cols}: one PyTorch operator;
+* ``bmm`` {batch, m, n, k, dtype}: one strided-batched GEMM;
+* ``all_reduce`` {bytes, ranks}: one NCCL all-reduce;
 * ``model`` {model, phase, batch, ctx | seq, layers, precision, chips}: a whole step
   through :func:`archsim.simulate`.
 
-Predictions are GPU times unless ``timing`` is eager. Errors are (predicted - measured) /
-measured; MAPE and the worst case are taken over scored cases.
+Predictions are GPU times unless ``timing`` is eager or ``host_timer`` (one call between two
+host timestamps with a synchronize: the harness's own floor ``params.host_floor_s``, as its
+authors published it, plus the GPU time). ``params.overrides`` are config keys the case was
+measured under (e.g. a FlashAttention-2 kernel on an H100). Errors are (predicted - measured)
+/ measured; MAPE and the worst case are taken over scored cases.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from archsim.core.errors import ArchsimError
 from archsim.core.paths import data_dir
 
 DEFAULT_TOLERANCE = 0.10
+ROLES = ("calibration", "validation")
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,8 @@ class Case:
     tolerance: float = DEFAULT_TOLERANCE
     scored: bool = True
     note: str = ""
+    role: str = "validation"  # calibration: a constant was read from it; validation: never
+    arch: str = "h100-like"  # the preset that predicts it
 
 
 @dataclass
@@ -91,6 +105,14 @@ class Report:
         s = self.predicted
         return float(np.mean([abs(o.error) for o in s])) if s else 0.0
 
+    def mape_of(self, role: str) -> float:
+        """MAPE over the scored, predicted cases of one role (calibration | validation)."""
+        s = [o for o in self.predicted if o.case.role == role]
+        return float(np.mean([abs(o.error) for o in s])) if s else 0.0
+
+    def scored_of(self, role: str) -> int:
+        return sum(1 for o in self.predicted if o.case.role == role)
+
     @property
     def predicted(self) -> list[Outcome]:
         """Scored cases archsim simulated (a refused case has no error to average)."""
@@ -105,10 +127,16 @@ class Report:
     def failures(self) -> list[Outcome]:
         return [o for o in self.scored if not o.ok]
 
-    def groups(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
+    def groups(self) -> dict[str, dict[str, Any]]:
+        """Per (group, role): scored cases, MAPE, worst error, cases out of tolerance."""
+        out: dict[str, dict[str, Any]] = {}
         for o in self.scored:
-            g = out.setdefault(o.case.group, {"cases": 0, "mape": 0.0, "worst": 0.0, "fail": 0})
+            key = f"{o.case.group}:{o.case.role}"
+            g = out.setdefault(
+                key,
+                {"group": o.case.group, "role": o.case.role, "cases": 0, "mape": 0.0,
+                 "worst": 0.0, "fail": 0},
+            )  # fmt: skip
             if o.refused:
                 g["fail"] += 1
                 continue
@@ -127,6 +155,8 @@ class Report:
             "cases": len(self.outcomes),
             "scored": len(self.scored),
             "mape": self.mape,
+            "mape_by_role": {r: self.mape_of(r) for r in ROLES},
+            "scored_by_role": {r: self.scored_of(r) for r in ROLES},
             "worst": w.to_dict() if w else None,
             "out_of_tolerance": [o.case.id for o in self.failures],
             "refused": {o.case.id: o.refused for o in self.outcomes if o.refused},
@@ -139,8 +169,25 @@ class Report:
 MICROBENCH_SOURCE = "[M] validation/h100_microbench.json (project H100 SXM, PyTorch 2.11, CUDA 13)"
 
 
+# Which microbenchmark rows constants of arch_configs/h100-like.yaml were read from (each
+# YAML comment names its cases); every other row is held out for validation.
+CALIBRATION_GEMM_GRAPH_SHAPES = ("8b_qkv", "8b_down")  # overlap_exponent, power time constant
+CALIBRATION_GEMM_EAGER = ("8b_gateup", "8b_down")  # m <= 64: eager_gemm_launch_s
+CALIBRATION_SMALL_KERNELS = {
+    ("rms_norm", 4096, 1), ("rms_norm", 8192, 1),  # row_round_trip_s, row_reduce_s
+    ("residual_add", 4096, 1), ("silu_mul", 4096, 1),  # elementwise_fixed_s
+    ("residual_add", 4096, 1024),  # per_sm_l2_bw_bytes_per_s
+    ("silu_mul", 4096, 64), ("silu_mul", 4096, 256),  # strided_l2_bw_bytes_per_s
+    ("silu_mul", 4096, 1024), ("silu_mul", 8192, 256),  # strided_hbm_bw_bytes_per_s
+}  # fmt: skip
+
+
+def _role(calibration: bool) -> str:
+    return "calibration" if calibration else "validation"
+
+
 def microbench_cases(d: dict[str, Any], l2_bytes: float = 52428800.0) -> list[Case]:
-    """Every row of the calibration microbenchmark file as cases."""
+    """Every row of the calibration microbenchmark file as cases (roles: see above)."""
     cases: list[Case] = []
     src = MICROBENCH_SOURCE
     for r in d["gemm_bf16_cold_graph"]["rows"]:
@@ -153,6 +200,7 @@ def microbench_cases(d: dict[str, Any], l2_bytes: float = 52428800.0) -> list[Ca
                 {"m": r["m"], "n": r["n"], "k": r["k"], "dtype": "bf16", "repeat": 20},
                 r["seconds"],
                 src + " gemm_bf16_cold_graph",
+                role=_role(r["shape"] in CALIBRATION_GEMM_GRAPH_SHAPES),
             )
         )
     for r in d["gemm_bf16"]["rows"]:
@@ -172,6 +220,7 @@ def microbench_cases(d: dict[str, Any], l2_bytes: float = 52428800.0) -> list[Ca
                 "weights from HBM as in a real step"
                 if warm
                 else "",
+                role=_role(r["shape"] in CALIBRATION_GEMM_EAGER and r["m"] <= 64),
             )
         )
     for r in d["small_kernels_graph"]["rows"]:
@@ -185,6 +234,7 @@ def microbench_cases(d: dict[str, Any], l2_bytes: float = 52428800.0) -> list[Ca
                     {"batch": r["batch"], "hidden": r["hidden"], "inter": r["inter"]},
                     r[f"{op}_seconds"],
                     src + " small_kernels_graph",
+                    role=_role((op, r["hidden"], r["batch"]) in CALIBRATION_SMALL_KERNELS),
                 )
             )
     for r in d["memory_bandwidth"]["rows"]:
@@ -204,6 +254,7 @@ def microbench_cases(d: dict[str, Any], l2_bytes: float = 52428800.0) -> list[Ca
                     if large
                     else "host launch latency dominates: explained by the eager launch model "
                     "to within host-timing noise (25%)",
+                    role=_role(r["bytes"] == 4 * 2**30),  # hbm_bw_bytes_per_s
                 )
             )
     for r in d["copy_bandwidth_graph"]["rows"]:
@@ -231,6 +282,7 @@ def microbench_cases(d: dict[str, Any], l2_bytes: float = 52428800.0) -> list[Ca
             {"batch": 1, "hidden": 8, "inter": 8},
             lo["graph_seconds_per_tiny_kernel"],
             src + " launch_overhead",
+            role="calibration",  # graph_launch_gap_s
         )
     )
     return cases
@@ -248,7 +300,15 @@ def _case(raw: dict[str, Any], source: str) -> Case:
         tolerance=float(raw.get("tolerance", DEFAULT_TOLERANCE)),
         scored=bool(raw.get("scored", True)),
         note=raw.get("note", ""),
+        role=_checked_role(raw.get("role", "validation"), raw["id"]),
+        arch=raw.get("arch", "h100-like"),
     )
+
+
+def _checked_role(role: str, case_id: str) -> str:
+    if role not in ROLES:
+        raise ArchsimError(f"validation case {case_id}: role must be one of {ROLES}, got {role!r}")
+    return role
 
 
 def load_cases(folder: Path | None = None) -> list[Case]:
@@ -257,7 +317,8 @@ def load_cases(folder: Path | None = None) -> list[Case]:
     mb = folder / "h100_microbench.json"
     if mb.is_file():
         cases += microbench_cases(json.loads(mb.read_text()))
-    files = [folder / "published.json", *sorted((folder / "measured").glob("*.json"))]
+    published = sorted(f for f in folder.glob("*.json") if f.name != mb.name)
+    files = [*published, *sorted((folder / "measured").glob("*.json"))]
     for path in files:
         if not path.is_file():
             continue
@@ -270,12 +331,14 @@ def load_cases(folder: Path | None = None) -> list[Case]:
 
 
 # ---- predicting: every case through the public API (simulate, simulate_kernel) -------------
-def _kernel(arch: str, overrides: dict[str, Any] | None, op: str, **shape: Any) -> float:
+def _kernel(
+    arch: str, overrides: dict[str, Any] | None, op: str, dtype: str = "bf16", **shape: Any
+) -> float:
     """GPU seconds per call of one operator, as replayed in a CUDA graph."""
     from archsim.kernel import simulate_kernel
 
     return simulate_kernel(
-        arch, op, overrides=overrides, options={"launch": "graph"}, **shape
+        arch, op, dtype=dtype, overrides=overrides, options={"launch": "graph"}, **shape
     ).seconds
 
 
@@ -291,6 +354,16 @@ def predict(
     case: Case, family, params, arch: str = "h100-like", overrides: dict[str, Any] | None = None
 ) -> float:
     """Predicted seconds of one case on ``arch`` (with ``overrides``)."""
+    p = case.params
+    if p.get("overrides"):  # the configuration the case was measured under, then the user's
+        overrides = {**p["overrides"], **(overrides or {})}
+    gpu = _gpu_seconds(case, params, arch, overrides)
+    if case.timing == "host_timer":  # host timestamps around one call + synchronize
+        return float(p["host_floor_s"]) + gpu
+    return gpu
+
+
+def _gpu_seconds(case: Case, params, arch: str, overrides: dict[str, Any] | None) -> float:
     p, k = case.params, params.kernel
     if case.kind == "model":
         from archsim.pipeline import simulate
@@ -309,12 +382,20 @@ def predict(
             # ran fits in all of HBM, without a serving engine's reserve
             overrides={"memory.hbm_usable_fraction": 1.0, **(overrides or {})},
         ).seconds
-    if case.kind == "gemm":
-        gpu = _kernel(arch, overrides, "gemm", m=int(p["m"]), n=int(p["n"]), k=int(p["k"]),
-                      dtype=p.get("dtype", "bf16"), repeat=int(p.get("repeat", 1)))  # fmt: skip
+    if case.kind in ("gemm", "bmm"):
+        shape = {"m": int(p["m"]), "n": int(p["n"]), "k": int(p["k"])}
+        if case.kind == "bmm":
+            shape["batch"] = int(p["batch"])
+        gpu = _kernel(arch, overrides, case.kind, dtype=p.get("dtype", "bf16"),
+                      repeat=int(p.get("repeat", 1)), **shape)  # fmt: skip
         if case.timing == "eager":  # host dispatch first, never under two launches' floor
             return max(k.eager_gemm_launch_s + gpu, k.eager_gemm_launch_s + k.eager_launch_s)
         return gpu
+    if case.kind in ("softmax", "layernorm", "gelu"):
+        return _kernel(arch, overrides, case.kind, rows=int(p["rows"]), cols=int(p["cols"]))
+    if case.kind == "all_reduce":
+        return _kernel(arch, overrides, "all-reduce", bytes=int(p["bytes"]),
+                       ranks=int(p["ranks"]))  # fmt: skip
     if case.kind in _ELEMENTWISE:
         op, shape = _ELEMENTWISE[case.kind]
         return _kernel(arch, overrides, op, repeat=int(p.get("repeat", 20)),
@@ -347,9 +428,15 @@ def run_validation(
 
     params = load_arch(arch, overrides or {})
     if params.family != "h100-like":
-        raise ArchsimError(f"validation cases are H100 measurements; {arch!r} is not h100-like")
+        raise ArchsimError(f"validation cases are GPU measurements; {arch!r} is not h100-like")
     family = get_family(params.family)
     cases = load_cases() if cases is None else cases
+    known = sorted({c.arch for c in cases})
+    cases = [c for c in cases if c.arch == params.name]
+    if not cases:
+        raise ArchsimError(
+            f"no validation cases for {params.name!r} (cases exist for: {', '.join(known)})"
+        )
     if groups:
         cases = [c for c in cases if c.group in groups]
     report = Report(arch=arch)
@@ -375,22 +462,25 @@ def print_report(report: Report, show_all: bool = False) -> None:
 
     console = Console()
     t = Table(title=f"archsim validate · {report.arch} · {len(report.scored)} scored cases")
-    for col in ("group", "cases", "MAPE", "worst", "out of tol."):
-        t.add_column(col, justify="left" if col == "group" else "right")
-    for name, g in report.groups().items():
-        t.add_row(name, str(g["cases"]), f"{g['mape']:.1%}", f"{g['worst']:.1%}", str(g["fail"]))
+    for col in ("group", "role", "cases", "MAPE", "worst", "out of tol."):
+        t.add_column(col, justify="left" if col in ("group", "role") else "right")
+    group_rows = sorted(report.groups().values(), key=lambda g: (g["role"], g["group"]))
+    for g in group_rows:
+        t.add_row(g["group"], g["role"], str(g["cases"]), f"{g['mape']:.1%}",
+                  f"{g['worst']:.1%}", str(g["fail"]))  # fmt: skip
     console.print(t)
     rows = report.outcomes if show_all else [o for o in report.outcomes if not o.ok]
     if rows:
         title = "every case" if show_all else "cases out of tolerance (scored and informational)"
         c = Table(title=title)
         c.add_column("case", no_wrap=True)
-        for col in ("measured us", "predicted us", "error", "tol.", ""):
+        for col in ("role", "measured us", "predicted us", "error", "tol.", ""):
             c.add_column(col, justify="left" if col == "" else "right")
         for o in rows:
             flag = ("ok" if o.ok else "OUT") if o.case.scored else "info"
             c.add_row(
                 o.case.id,
+                o.case.role[:5],
                 _us(o.case.measured_s),
                 "-" if o.refused else _us(o.predicted_s),
                 "refused" if o.refused else f"{o.error:+.1%}",
@@ -401,6 +491,10 @@ def print_report(report: Report, show_all: bool = False) -> None:
     for o in report.outcomes:
         if o.refused:
             console.print(f"{o.case.id}: refused: {o.refused}", soft_wrap=True)
+    for role in ROLES:
+        n = report.scored_of(role)
+        if n:
+            console.print(f"{role} MAPE {report.mape_of(role):.2%} over {n} scored cases")
     w = report.worst
     if w is not None:
         console.print(

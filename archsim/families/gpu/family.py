@@ -22,12 +22,27 @@ from archsim.core.registry import register_arch
 from archsim.families.gpu import lower as gpu_lower
 from archsim.families.gpu import plan as gpu_plan
 from archsim.families.gpu.params import GpuParams
-from archsim.families.gpu.timing import decode_gemm_choice, gpu_timing
+from archsim.families.gpu.timing import (
+    CLOCK_CODE,
+    choice_clock_hz,
+    decode_allreduce_choice,
+    decode_gemm_choice,
+    gpu_timing,
+)
 from archsim.graph.ops import OpKind
 from archsim.graph.scenario import Scenario
 
-_GRAPHS = {"kernel.decode_cuda_graphs": True, "kernel.prefill_cuda_graphs": True}
-_EAGER = {"kernel.decode_cuda_graphs": False, "kernel.prefill_cuda_graphs": False}
+# a kernel timed alone starts on an idle GPU (a benchmark after a pause), whatever the launch
+_GRAPHS = {
+    "kernel.decode_cuda_graphs": True,
+    "kernel.prefill_cuda_graphs": True,
+    "power.start_from_idle": True,
+}
+_EAGER = {
+    "kernel.decode_cuda_graphs": False,
+    "kernel.prefill_cuda_graphs": False,
+    "power.start_from_idle": True,
+}
 
 
 @register_arch("h100-like")
@@ -72,7 +87,14 @@ class GpuFamily(Family):
         self, stream: InstructionStream, tl: Timeline, plan: Plan, p: GpuParams, sc: Scenario
     ) -> dict[str, Any]:
         kernels = int(np.sum(~self.opcode_mask(stream, "launch")))
-        return {"kernels_per_gpu": kernels, "cuda_graphs": gpu_lower.cuda_graphs(p, sc.phase)}
+        return {
+            "kernels_per_gpu": kernels,
+            "cuda_graphs": gpu_lower.cuda_graphs(p, sc.phase),
+            "mean_sm_clock_hz": _mean_clock(stream, tl.duration, self._timing_choice(stream, p)),
+        }
+
+    def _timing_choice(self, stream: InstructionStream, p: GpuParams) -> np.ndarray:
+        return gpu_timing(stream, p).choice
 
     # ---- archsim kernel ---------------------------------------------------------------------
     def kernel_options(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -87,6 +109,22 @@ class GpuFamily(Family):
             out.update(decode_gemm_choice(int(timing.choice[gemm[0]])))
         attn = np.nonzero(self.opcode_mask(stream, "attn_decode"))[0]
         if len(attn) and timing.choice is not None:
-            out["kv_splits"] = int(timing.choice[attn[0]])
+            out["kv_splits"] = int(timing.choice[attn[0]] % CLOCK_CODE)
+        ar = np.nonzero(self.opcode_mask(stream, "all_reduce"))[0]
+        if len(ar) and timing.choice is not None:
+            out.update(decode_allreduce_choice(int(timing.choice[ar[0]])))
         out["includes_host_launch"] = bool(np.any(self.opcode_mask(stream, "launch")))
+        if timing.choice is not None:
+            durations = timing.work + timing.latency
+            out["sm_clock_hz"] = _mean_clock(stream, durations, timing.choice)
         return out
+
+
+def _mean_clock(stream: InstructionStream, durations: np.ndarray, choice: np.ndarray) -> float:
+    """Time-weighted mean SM clock of the GPU kernels (host launches excluded)."""
+    gpu = choice >= CLOCK_CODE
+    if not np.any(gpu):
+        return 0.0
+    clocks = np.array([choice_clock_hz(int(c)) for c in choice[gpu]])
+    w = np.asarray(durations, dtype=float)[gpu]
+    return float(np.sum(clocks * w) / max(np.sum(w), 1e-30))

@@ -34,8 +34,8 @@ OPCODES = [
 # dtype code -> index into the rate / element-size tables passed to the timing kernel
 DTYPE_CODE = {"bf16": 0, "fp16": 0, "fp32": 0, "fp8": 1, "int8": 2, "int4": 3}
 ELEMENTS_PER_CTA = 2048  # elementwise kernels: 256 threads x 8 elements (one 16 B vector each)
-# elementwise kernel classes (timing.elementwise_seconds)
-VECTORISED, STRIDED, ROW_REDUCTION = 0, 1, 2
+# elementwise kernel classes (timing.elementwise_seconds; the same order as there)
+VECTORISED, STRIDED, RMSNORM_ROWS, SOFTMAX_ROWS, LAYERNORM_ROWS = range(5)
 
 
 def cuda_graphs(p: GpuParams, phase: str) -> bool:
@@ -83,6 +83,7 @@ def lower_op(op: Op, emit, plan: Plan, p: GpuParams) -> int:
     if kind in (OpKind.MATMUL, OpKind.BMM):
         # a batched GEMM (both operands activations) is one strided-batched cuBLAS kernel
         dtype = op.weight_dtype if kind == OpKind.MATMUL else op.act_dtype
+        _check_tensor_dtype(dtype, p)
         return emit(
             op, "gemm", m=op.dim("m"), n=op.dim("n"), k=op.dim("k"),
             g=max(1, op.dim("batch")), aux=DTYPE_CODE[dtype],
@@ -90,15 +91,24 @@ def lower_op(op: Op, emit, plan: Plan, p: GpuParams) -> int:
         )  # fmt: skip
     if kind == OpKind.ATTENTION:
         return _attention(op, emit, p, l2)
+    kn = p.kernel
     if kind == OpKind.NORM:  # one CTA per row; the first kernel walks the rows
-        return _repeat(op, emit, p.kernel.norm_kernels, op.dim("m"), ROW_REDUCTION, l2)
-    if kind == OpKind.SOFTMAX:  # one fused kernel, one CTA per row (max, exp-sum, scale)
-        return _repeat(op, emit, 1, op.dim("m"), ROW_REDUCTION, l2)
+        if op.dim("layernorm"):  # PyTorch's vectorised LayerNorm: one kernel, two passes
+            return _repeat(op, emit, 1, op.dim("m"), LAYERNORM_ROWS, l2, kn.layernorm_fp32_ops)
+        rms = kn.rmsnorm_fp32_ops
+        return _repeat(op, emit, kn.norm_kernels, op.dim("m"), RMSNORM_ROWS, l2, rms)
+    if kind == OpKind.SOFTMAX:  # short rows: one warp per row in registers, one pass;
+        # longer rows: one CTA per row, passes max / exp-sum / write (PyTorch SoftMax.cu)
+        if op.dim("n") <= kn.softmax_warp_max_cols:
+            ctas = _ctas(op.act_out_bytes)
+            return _repeat(op, emit, 1, ctas, VECTORISED, l2, kn.softmax_fp32_ops)
+        return _repeat(op, emit, 1, op.dim("m"), SOFTMAX_ROWS, l2, kn.softmax_fp32_ops)
     if kind == OpKind.EMBEDDING:
         return _repeat(op, emit, 1, op.dim("m"), VECTORISED, l2)
     if kind == OpKind.ACTIVATION:
         if not op.dim("gated"):  # gelu: one vectorised pass over [t, f]
-            return _repeat(op, emit, 1, _ctas(op.act_out_bytes), VECTORISED, l2)
+            ctas = _ctas(op.act_out_bytes)
+            return _repeat(op, emit, 1, ctas, VECTORISED, l2, kn.gelu_fp32_ops)
         return _activation(op, emit, p.kernel.activation_kernels, l2)
     if kind == OpKind.ROPE:
         ctas = _ctas(op.act_out_bytes / p.kernel.rope_kernels)
@@ -130,6 +140,16 @@ def lower_op(op: Op, emit, plan: Plan, p: GpuParams) -> int:
     raise AssertionError(f"h100-like cannot lower {kind} (supported_ops should refuse it)")
 
 
+def _check_tensor_dtype(dtype: str, p: GpuParams) -> None:
+    """A GEMM in a precision the chip's tensor cores lack (rate 0 in the preset) is refused."""
+    rate = {"fp8": p.chip.tensor_flops_per_clk_per_sm_fp8,
+            "int8": p.chip.tensor_ops_per_clk_per_sm_int8}.get(dtype)  # fmt: skip
+    if rate == 0:
+        raise ScenarioError(
+            f"{p.name} has no {dtype} tensor cores (chip.tensor_*_per_clk_per_sm_{dtype} = 0)"
+        )
+
+
 def _attention(op: Op, emit, p: GpuParams, l2: float) -> int:
     """The KV-cache append (read the new K, V and write them into the cache), then one
     FlashAttention kernel: Flash-Decoding over the cache, or FA3 causal prefill."""
@@ -142,6 +162,11 @@ def _attention(op: Op, emit, p: GpuParams, l2: float) -> int:
                 **_tier(2 * op.kv_write_bytes / reps, 2 * op.kv_write_bytes, l2),
             )  # fmt: skip
     prefill = op.dim("q_len") > 1
+    if prefill and p.kernel.attention_kernel == "fa3" and not p.chip.async_mma:
+        raise ScenarioError(
+            f"{p.name}: kernel.attention_kernel fa3 needs asynchronous warpgroup MMA "
+            "(chip.async_mma); use fa2"
+        )
     return emit(
         op, "attn_prefill" if prefill else "attn_decode",
         m=op.dim("q_len"), n=op.dim("kv_len"), k=op.dim("head_dim"), g=op.dim("batch"),
@@ -162,14 +187,15 @@ def _tier(nbytes: float, footprint: float, l2_bytes: float) -> dict[str, float]:
     return {"offchip_bytes": nbytes}
 
 
-def _repeat(op: Op, emit, reps: int, ctas: int, kclass: int, l2_bytes: float) -> int:
+def _repeat(op: Op, emit, reps: int, ctas: int, kclass: int, l2_bytes: float, ops: int = 0) -> int:
     """``reps`` kernels share the op's bytes (an unfused op is several passes). A row
-    reduction's first kernel walks one row of ``n`` bf16 elements serially per CTA."""
+    reduction's first kernel walks its rows of ``n`` bf16 elements, one CTA per row; the
+    first kernel does ``ops`` FP32 instructions per element."""
     last = -1
     for r in range(reps):
-        row = 2 * op.dim("n") if (kclass == ROW_REDUCTION and r == 0) else 0
+        row = 2 * op.dim("n") if (kclass >= RMSNORM_ROWS and r == 0) else 0
         last = emit(
-            op, "elementwise", m=op.dim("m"), n=op.dim("n"),
+            op, "elementwise", m=op.dim("m"), n=op.dim("n"), k=ops if r == 0 else 0,
             g=kclass if r == 0 else VECTORISED, h=row, aux=ctas,
             **_tier(op.mem_bytes / reps, op.mem_bytes, l2_bytes),
         )  # fmt: skip

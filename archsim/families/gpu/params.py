@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from archsim.config.arch import ArchParams, Section, field
 
 
 class GpuChip(Section):
     sms: int = field("streaming multiprocessors enabled")
-    boost_clock_hz: float = field("SM clock of short and memory-bound kernels", unit="Hz")
-    sustained_clock_hz: float = field(
-        "SM clock the power cap settles at under long tensor-core-saturated kernels", unit="Hz"
+    boost_clock_hz: float = field(
+        "highest SM clock (the power limit may hold a kernel below it: see power)", unit="Hz"
     )
-    boost_window_s: float = field(
-        "a GEMM whose tensor work lasts longer than this runs at the sustained clock", unit="s"
-    )
+    max_threads_per_sm: int = field("resident threads per SM (occupancy limit)")
+    max_ctas_per_sm: int = field("resident thread blocks per SM (occupancy limit)")
+    fp32_lanes_per_sm: int = field("FP32 results per SM per clock (CUDA cores)")
     tensor_flops_per_clk_per_sm_bf16: float = field("dense bf16/fp16 tensor FLOP per SM clock")
-    tensor_flops_per_clk_per_sm_fp8: float = field("dense fp8 tensor FLOP per SM clock")
-    tensor_ops_per_clk_per_sm_int8: float = field("dense int8 tensor OP per SM clock")
+    tensor_flops_per_clk_per_sm_fp8: float = field(
+        "dense fp8 tensor FLOP per SM clock (0: no fp8 tensor cores)", gt=None, ge=0
+    )
+    tensor_ops_per_clk_per_sm_int8: float = field(
+        "dense int8 tensor OP per SM clock (0: no int8 tensor cores)", gt=None, ge=0
+    )
+    mma_m_granularity: int = field(
+        "rows of the smallest tensor-core tile one instruction computes (wgmma m64, mma.sync "
+        "m16): a decode attention tile is padded to it",
+        unit="rows",
+    )
+    async_mma: bool = field(
+        "asynchronous warpgroup MMA fed by TMA (Hopper wgmma, Blackwell tcgen05); "
+        "FlashAttention-3-class kernels need it",
+        gt=None,
+    )
+    tma_multicast: bool = field(
+        "TMA multicast of a GEMM operand to the CTAs of a cluster (halves the B-panel L2 "
+        "traffic of large-m GEMMs)",
+        gt=None,
+    )
     mma_efficiency: float = field(
         "fraction of the bf16/fp16 tensor-core peak a GEMM main loop sustains per clock "
         "(bubbles, epilogue, operand delivery)",
@@ -30,8 +52,13 @@ class GpuChip(Section):
     mma_efficiency_int8: float = field(
         "fraction of the int8 tensor-core peak a GEMM main loop sustains per clock", le=1
     )
-    attention_mma_efficiency: float = field(
-        "fraction of tensor-core peak a FlashAttention main loop sustains (softmax shares the SM)",
+    fa3_mma_efficiency: float = field(
+        "fraction of tensor-core peak the asynchronous FlashAttention-3-class main loop "
+        "sustains (softmax overlapped with the MMAs by warpgroup ping-pong)",
+        le=1,
+    )
+    fa2_mma_efficiency: float = field(
+        "fraction of tensor-core peak the synchronous FlashAttention-2 main loop sustains",
         le=1,
     )
 
@@ -60,9 +87,13 @@ class GpuMemory(Section):
         "bandwidth of a non-vectorised elementwise kernel (strided views) served from HBM",
         unit="B/s",
     )
-    norm_row_bw_bytes_per_s: float = field(
-        "rate at which one CTA of a row-reduction kernel (RMSNorm) walks its row, both passes",
-        unit="B/s",
+    row_round_trip_s: float = field(
+        "one dependent load of a row-reduction kernel's walk (issue, L2 round trip, reduce "
+        "step); each thread does one per vector it loads in a pass",
+        unit="s",
+    )
+    row_reduce_s: float = field(
+        "block-wide reduction that ends each pass of a row-reduction kernel", unit="s"
     )
 
 
@@ -89,6 +120,10 @@ class GpuKernel(Section):
     attention_fixed_s: float = field(
         "per-kernel prologue/epilogue of an attention kernel", unit="s"
     )
+    attention_kernel: Literal["fa3", "fa2"] = Field(
+        ...,
+        description="prefill attention kernel: fa3 (asynchronous, needs chip.async_mma) or fa2",
+    )
     attention_cta_fixed_s: float = field(
         "per-CTA cost of a FlashAttention prefill CTA (Q load, first K/V fill, O store)", unit="s"
     )
@@ -97,6 +132,11 @@ class GpuKernel(Section):
         "and its memory traffic near the ridge"
     )
     max_split_k: int = field("largest split-K factor the GEMM library uses")
+    stream_k: bool = field(
+        "the GEMM library may run a data-parallel + stream-K kernel (the last partial wave's "
+        "iterations shared by all SMs)",
+        gt=None,
+    )
     gemm_tile_k: int = field("K depth of one GEMM main-loop stage", unit="elements")
     attention_block: int = field("FlashAttention query/key block size", unit="tokens")
     max_kv_splits: int = field("largest split-KV factor of decode attention")
@@ -107,6 +147,25 @@ class GpuKernel(Section):
         "kernels one SiLU*mul takes (1: fused silu_and_mul on contiguous rows; 2: PyTorch "
         "silu(gate) * up on strided chunks of the fused gate_up output)"
     )
+    rmsnorm_threads: int = field("threads per CTA of the RMSNorm row kernel (one CTA per row)")
+    rmsnorm_vector_bytes: int = field("bytes one thread loads per access in RMSNorm", unit="B")
+    rmsnorm_passes: int = field("passes over its row the RMSNorm kernel makes (sum, scale)")
+    layernorm_threads: int = field("threads per CTA of the LayerNorm row kernel")
+    layernorm_vector_bytes: int = field("bytes one thread loads per access in LayerNorm", unit="B")
+    layernorm_passes: int = field("passes over its row the LayerNorm kernel makes")
+    softmax_warp_max_cols: int = field(
+        "rows up to this many columns use the one-pass warp softmax (a row in registers)",
+        unit="elements",
+    )
+    softmax_max_threads: int = field("largest block of the multi-pass (block) softmax kernel")
+    softmax_vector_bytes: int = field("bytes one thread loads per access in softmax", unit="B")
+    softmax_passes: int = field("passes over its row the block softmax makes (max, sum, write)")
+    rmsnorm_fp32_ops: int = field("FP32 instructions per element of RMSNorm", gt=None, ge=0)
+    layernorm_fp32_ops: int = field("FP32 instructions per element of LayerNorm", gt=None, ge=0)
+    softmax_fp32_ops: int = field(
+        "FP32 instructions per element of softmax (two exps among them)", gt=None, ge=0
+    )
+    gelu_fp32_ops: int = field("FP32 instructions per element of tanh-GELU", gt=None, ge=0)
     rope_kernels: int = field("kernels the rotary embedding of q and k takes")
     kv_write_kernels: int = field("kernels that append the new K and V to the cache")
 
@@ -116,27 +175,73 @@ class GpuLinks(Section):
     nvlink_bw_bytes_per_s: float = field(
         "NVLink bandwidth per GPU per direction, achieved", unit="B/s"
     )
-    allreduce_base_s: float = field(
-        "fixed cost of one ring all-reduce, low-latency (LL) protocol", unit="s"
+    nccl_channels: int = field(
+        "ring channels NCCL's topology search gives one all-reduce (one CTA each); the bus "
+        "bandwidth is shared evenly between them"
     )
-    allreduce_hop_s: float = field(
-        "latency of each of the 2(n-1) ring steps, LL protocol", unit="s"
+    nccl_ll_base_s: float = field("fixed cost of a ring all-reduce, LL protocol", unit="s")
+    nccl_ll128_base_s: float = field("fixed cost of a ring all-reduce, LL128 protocol", unit="s")
+    nccl_simple_base_s: float = field("fixed cost of a ring all-reduce, Simple protocol", unit="s")
+    nccl_ll_hop_s: float = field("latency of each of the 2(n-1) ring steps, LL", unit="s")
+    nccl_ll128_hop_s: float = field("latency of each of the 2(n-1) ring steps, LL128", unit="s")
+    nccl_simple_hop_s: float = field("latency of each of the 2(n-1) ring steps, Simple", unit="s")
+    nccl_ll_efficiency: float = field(
+        "share of the bus bandwidth LL carries (8-byte stores of 4 data bytes + a flag)", le=1
     )
-    allreduce_ll_bw_fraction: float = field(
-        "share of the link bandwidth the LL protocol carries (8-byte stores with a flag)", le=1
+    nccl_ll128_efficiency: float = field(
+        "share of the bus bandwidth LL128 carries (120 data bytes per 128-byte line)", le=1
     )
-    allreduce_simple_base_s: float = field(
-        "fixed cost of one ring all-reduce, Simple protocol", unit="s"
+    nccl_ll_max_bw_bytes_per_s: float = field(
+        "cap on LL's bus bandwidth over all channels (NCCL llMaxBw)", unit="B/s"
     )
-    allreduce_simple_hop_s: float = field(
-        "latency of each of the 2(n-1) ring steps, Simple protocol", unit="s"
+    nccl_ll128_channel_bw_bytes_per_s: float = field(
+        "cap on LL128's bus bandwidth per channel (NCCL perChMaxRingLL128Bw)", unit="B/s"
+    )
+    nccl_ll128_enabled: bool = field(
+        "LL128 is allowed (NCCL enables it over NVLink, not over PCIe)", gt=None
+    )
+    nccl_threads: int = field("threads per channel of LL and Simple kernels")
+    nccl_ll128_threads: int = field("threads per channel of LL128 kernels")
+    nccl_ll_bytes_per_thread: float = field(
+        "LL channel threshold: bytes per thread per rank below which NCCL drops a channel",
+        unit="B",
+    )
+    nccl_ll128_bytes_per_thread: float = field(
+        "LL128 channel threshold: bytes per thread below which NCCL drops a channel", unit="B"
+    )
+    nccl_simple_bytes_per_thread: float = field(
+        "Simple channel threshold: bytes per thread below which NCCL drops a channel", unit="B"
     )
     scaleout_bw_bytes_per_s: float = field("network bandwidth per GPU between nodes", unit="B/s")
     scaleout_latency_s: float = field("one message between nodes", unit="s")
 
 
 class GpuPower(Section):
-    tdp_w: float = field("board power limit (informational: no output uses it yet)", unit="W")
+    tdp_w: float = field(
+        "board power limit: the SM clock of a kernel is the highest that keeps the filtered "
+        "board power under it",
+        unit="W",
+    )
+    idle_w: float = field("board power with the SMs idle (static and idle power)", unit="W")
+    hbm_energy_j_per_byte: float = field("energy of one byte moved to or from HBM", unit="J/B")
+    sm_dynamic_w: float = field(
+        "dynamic power at the boost clock of SMs running a kernel without tensor work", unit="W"
+    )
+    tensor_dynamic_w: float = field(
+        "extra dynamic power at the boost clock of tensor cores busy all the time", unit="W"
+    )
+    clock_exponent: float = field(
+        "dynamic power scales as (clock / boost clock) ** this (f x V^2 with V rising with f)"
+    )
+    time_constant_s: float = field(
+        "first-order time constant of the board power the limiter holds under the TDP",
+        unit="s",
+    )
+    start_from_idle: bool = field(
+        "the stream starts on an idle GPU (a benchmark after a pause); false: it is one of a "
+        "train of identical back-to-back steps (serving), simulated at its periodic steady state",
+        gt=None,
+    )
 
 
 class GpuParams(ArchParams):
