@@ -519,7 +519,8 @@ def kernel(op, arch, m, n, k, batch, heads, kv_heads, head_dim, q_len, ctx, caus
 
 # ---- validate: predicted vs measured H100 cases (archsim/validate.py, docs/validation.md) ----
 @main.command()
-@click.option("--arch", default="h100-like", show_default=True, help="an h100-like preset")
+@click.option("--arch", default="h100-like", show_default=True,
+              help="a GPU preset with cases: h100-like, h200, a100-like, b200")  # fmt: skip
 @click.option("--group", "groups", multiple=True, help="only these case groups (repeatable)")
 @click.option(
     "--set",
@@ -532,7 +533,8 @@ def kernel(op, arch, m, n, k, batch, heads, kv_heads, head_dim, q_len, ctx, caus
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 @click.option("--strict", is_flag=True, help="exit 1 if a scored case is out of tolerance")
 def validate(arch, groups, overrides, show_all, as_json, strict) -> None:
-    """Predict every measured H100 case in validation/ and report the errors."""
+    """Predict every measured case of a GPU preset in validation/ and report the errors,
+    calibration and validation cases apart."""
     from archsim.config.arch import parse_overrides
     from archsim.validate import print_report, run_validation
 

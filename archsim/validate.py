@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from archsim.core.errors import ArchsimError
+from archsim.core.errors import ArchsimError, did_you_mean
 from archsim.core.paths import data_dir
 
 DEFAULT_TOLERANCE = 0.10
@@ -438,6 +438,13 @@ def run_validation(
             f"no validation cases for {params.name!r} (cases exist for: {', '.join(known)})"
         )
     if groups:
+        valid = sorted({c.group for c in cases})
+        unknown = [g for g in groups if g not in valid]
+        if unknown:
+            raise ArchsimError(
+                f"no validation group {unknown[0]!r} for {params.name}"
+                f"{did_you_mean(unknown[0], valid)} (groups: {', '.join(valid)})"
+            )
         cases = [c for c in cases if c.group in groups]
     report = Report(arch=arch)
     for c in cases:

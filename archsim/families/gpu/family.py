@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from archsim.core.engine import Timeline
+from archsim.core.errors import UnsupportedOpError
 from archsim.core.family import Family, Peak
 from archsim.core.isa import InstructionStream, Timing
 from archsim.core.plan import Plan
@@ -54,6 +55,17 @@ class GpuFamily(Family):
 
     def supported_ops(self) -> frozenset[str]:
         return frozenset(k.value for k in OpKind)
+
+    def check_graph(self, g: nx.DiGraph, p: GpuParams) -> None:
+        """GEMM activations of 4 bits: no tensor-core path in the modelled stacks (Hopper has
+        no int4 MMA; W4A16, ``--precision int4``, keeps bf16 activations)."""
+        for _, d in g.nodes(data=True):
+            op = d["op"]
+            if op.kind in (OpKind.MATMUL, OpKind.BMM) and op.act_dtype == "int4":
+                raise UnsupportedOpError(
+                    f"{p.name} cannot run {op.id} ({op.kind.value}, layer {op.layer}): int4 "
+                    "activations have no tensor-core GEMM here (W4A16 is --precision int4)"
+                )
 
     def clock_hz(self, p: GpuParams) -> float:
         return p.chip.boost_clock_hz
