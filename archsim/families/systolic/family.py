@@ -11,6 +11,7 @@ resources shared by concurrent transfers). The same model runs the TPU presets.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from typing import Any
 
@@ -26,11 +27,18 @@ from archsim.families.systolic import lower as sys_lower
 from archsim.families.systolic import plan as sys_plan
 from archsim.families.systolic.params import SystolicParams
 from archsim.families.systolic.timing import (
+    ALLREDUCE,
+    DATAFLOWS,
+    DMA_FIRST,
+    DMA_LAST,
     GEMM_OPCODES,
+    JOIN,
     OPCODES,
+    SEND,
     VECTOR,
     decode_gemm_opcode,
-    hbm_bytes_per_cycle,
+    fold_parts,
+    rates,
     sram_bytes_per_cycle,
     systolic_timing,
 )
@@ -139,6 +147,7 @@ class SystolicFamily(Family):
             "array_busy_fraction": float(tl.busy[arrays].sum())
             * step.copies
             / (max(len(arrays), 1) * step.period_s * clock),
+            "limit_by_op_kind": op_limits(stream, tl, p),
             "gemm_dataflows": dict(sorted(flows.items())),
             "gemm_splits": dict(sorted(splits.items(), key=lambda kv: int(kv[0]))),
         }
@@ -204,5 +213,70 @@ class SystolicFamily(Family):
         kv = np.flatnonzero(first & (stream.opcode == OPCODES.index("dma.kv_read")))
         if len(kv):
             out.update(kv_block_tokens=int(stream.m[kv[0]]), double_buffered=True)
-        out["hbm_bytes_per_cycle"] = hbm_bytes_per_cycle(p)
         return out
+
+
+_ROLE = re.compile(r"^L\d+\.|(\.c\d+)+$")  # "L3.gate_up_proj.c2" -> "gate_up_proj"
+LIMITS = (
+    "array-preload",
+    "array-stream",
+    "array-fill",
+    "scratchpad-ports",
+    "hbm",
+    "vector",
+    "link",
+)
+
+
+def instruction_limit(stream: InstructionStream, i: int, duration: int, p: SystolicParams) -> str:
+    """What holds instruction ``i`` up: an array pass is stretched by the scratchpad ports,
+    or spends its folds loading the stationary operand (the stream is shorter than the
+    preload: weight injection), streaming, or filling and draining the array; a DMA is HBM; a
+    vector pass the vector units; a transfer the links."""
+    op = int(stream.opcode[i])
+    if op < len(GEMM_OPCODES):
+        a = p.systolic
+        df, s = decode_gemm_opcode(op)
+        folds, st, pre, skew = fold_parts(
+            int(stream.m[i]),
+            int(stream.n[i]),
+            int(stream.k[i]),
+            int(stream.g[i]),
+            DATAFLOWS.index(df),
+            s,
+            float(rates(p)[stream.h[i]]),
+            a.rows,
+            a.cols,
+            a.arrays,
+            a.preload_rows_per_cycle,
+        )
+        steady = folds * max(st, pre)
+        work = pre + (folds - 1) * max(st, pre) + st + skew
+        if duration > work:
+            return "scratchpad-ports"
+        if steady < pre + skew + st:
+            return "array-fill"
+        return "array-preload" if pre > st else "array-stream"
+    if DMA_FIRST <= op <= DMA_LAST:
+        return "hbm"
+    if op in (ALLREDUCE, SEND):
+        return "link"
+    return "vector"
+
+
+def op_limits(stream: InstructionStream, tl: Timeline, p: SystolicParams) -> dict[str, str]:
+    """Per op role, the limit its instructions spend the most cycles on (``LIMITS``)."""
+    spent: dict[str, Counter] = {}
+    dur = tl.end - tl.start
+    for i in range(len(stream)):
+        op = int(stream.opcode[i])
+        if op == JOIN or dur[i] <= 0:
+            continue
+        if op == ALLREDUCE:
+            role = "all_reduce"
+        elif op == SEND:
+            role = "send_recv"
+        else:
+            role = _ROLE.sub("", stream.op_names[stream.op[i]])
+        spent.setdefault(role, Counter())[instruction_limit(stream, i, int(dur[i]), p)] += dur[i]
+    return {role: c.most_common(1)[0][0] for role, c in sorted(spent.items())}

@@ -280,7 +280,8 @@ class Lowerer:
 
     def vector(self, op: Op) -> list[int]:
         """Norm, softmax, activation, rope, residual: one pass of the vector units over the
-        op's output elements; spilled activations stream from and back to HBM."""
+        op's output elements; spilled activations stream from and back to HBM, and so do a
+        norm's weights when they are not pinned."""
         if op.kind == OpKind.NORM:
             name = "layernorm" if op.dim("layernorm") else "rmsnorm"
         elif op.kind == OpKind.ACTIVATION:
@@ -289,13 +290,17 @@ class Lowerer:
             name = op.kind.value
         ops, depth = VECTOR_WORK[name]
         elements = self.rows(op.dim("m")) * op.dim("n")
-        moved = (op.act_in_bytes + op.act_out_bytes) * self.f + op.weight_bytes
+        acts = (op.act_in_bytes + op.act_out_bytes) * self.f
+        moved = acts + op.weight_bytes
+        spill = (0.0 if self.acts_fit(op, acts) else acts) + (
+            0.0 if self.pinned.get(op.id) else op.weight_bytes
+        )
         deps, tail, last_work = self.inputs(op), -1, 0
-        if not self.acts_fit(op, moved):
+        if spill > 0:
             block = self.free_bytes(op.stage) / 4  # double-buffered input and output blocks
-            blocks = max(1, math.ceil(moved / block))
+            blocks = max(1, math.ceil(spill / block))
             last_work = math.ceil(elements * ops / vector_elements_per_cycle(self.p) / blocks)
-            first, tail = self.stream("dma.spill", op, moved, deps, blocks, moved / blocks)
+            first, tail = self.stream("dma.spill", op, spill, deps, blocks, spill / blocks)
             deps = [*deps, first]
         i = self.emit("vector", "vector", op, deps=deps, sram=moved, m=elements, n=ops, k=depth)
         return [self.join(op, "vector", i, tail, last_work)]

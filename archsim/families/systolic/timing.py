@@ -76,9 +76,10 @@ def decode_gemm_opcode(index: int) -> tuple[str, int]:
 
 
 @njit
-def fold_cycles(m, n, k, g, dataflow, split, overlap, rate, rows, cols, arrays, load_rows):
-    """Cycles of ``g`` independent GEMMs ``[m, k] @ [k, n]`` on ``arrays`` arrays of rows x
-    cols, each split into split x split sub-arrays (module docstring)."""
+def fold_parts(m, n, k, g, dataflow, split, rate, rows, cols, arrays, load_rows):
+    """(folds of the busiest sub-array, stream cycles per fold, preload cycles, skew + drain
+    cycles r + c - 2) of ``g`` independent GEMMs ``[m, k] @ [k, n]`` on ``arrays`` arrays of
+    rows x cols, each split into split x split sub-arrays (module docstring)."""
     r = rows // split
     c = cols // split
     n_sub = arrays * split * split
@@ -89,7 +90,7 @@ def fold_cycles(m, n, k, g, dataflow, split, overlap, rate, rows, cols, arrays, 
     else:  # is
         sr, sc, t = k, m, n
     if g <= 0 or sr <= 0 or sc <= 0 or t <= 0:
-        return 0
+        return 0, 0, 0, 0
     items = g * ((sr + r - 1) // r) * ((sc + c - 1) // c)
     q = 1
     if items < n_sub:  # idle sub-arrays take parts of the stream on copies of the tile
@@ -98,10 +99,22 @@ def fold_cycles(m, n, k, g, dataflow, split, overlap, rate, rows, cols, arrays, 
     per_sub = (items * q + n_sub - 1) // n_sub
     stream = int(math.ceil(t_part / rate - 1e-9))
     preload = 0 if dataflow == 1 else (r + load_rows - 1) // load_rows
-    drain = stream + r + c - 2
+    return per_sub, stream, preload, r + c - 2
+
+
+@njit
+def fold_cycles(m, n, k, g, dataflow, split, overlap, rate, rows, cols, arrays, load_rows):
+    """Cycles of the busiest sub-array (module docstring): serial folds
+    ``f x (P + S + r + c - 2)``, double-buffered ``P + (f - 1) max(S, P) + S + r + c - 2``."""
+    folds, stream, preload, skew = fold_parts(
+        m, n, k, g, dataflow, split, rate, rows, cols, arrays, load_rows
+    )
+    if folds == 0:
+        return 0
+    drain = stream + skew
     if overlap:
-        return preload + (per_sub - 1) * max(stream, preload) + drain
-    return per_sub * (preload + drain)
+        return preload + (folds - 1) * max(stream, preload) + drain
+    return folds * (preload + drain)
 
 
 @njit
