@@ -12,10 +12,11 @@ HBM every step. An op's activations stay in the scratchpad when they fit half of
 pinned weights leave; the other half (or all of it, for spilled activations) holds the
 double-buffered tiles.
 
-Double buffering is a streaming pair: a DMA moves all of an op's HBM bytes, and the array
-pass starts (start -> start) once the first block has landed and cannot finish before the
-DMA has finished plus that first block's time. The DMA may start as soon as the previous
-op's array pass has started (prefetch of one op ahead).
+Double buffering, per op: a DMA of the first block, a DMA of the rest right behind it; the
+array (or vector) pass starts once the first block has landed, and a ``join`` ends the op at
+max(the pass's end, the last block landed + one block's work) — the end of a double-buffered
+pipeline. An op's stream starts once the previous op's array pass has started (prefetch of
+one op ahead) and the previous stream has moved its bytes (one DMA queue).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from archsim.families.systolic.mapper import (
 from archsim.families.systolic.params import SystolicParams
 from archsim.families.systolic.timing import (
     OPCODES,
-    gemm_cycles,
     gemm_opcode,
     hbm_bytes_per_cycle,
     vector_elements_per_cycle,
@@ -130,6 +130,7 @@ class Lowerer:
                 self.pinned_bytes[op.stage] = self.pinned_bytes.get(op.stage, 0.0) + op.weight_bytes
         self.out_of: dict[str, list[int]] = {}
         self.last_array: dict[int, int] = {}  # stage -> its last array pass (prefetch window)
+        self.last_stream: dict[int, int] = {}  # stage -> its last stream DMA (in order)
         self.next_dma: dict[int, int] = {}
         self.hbm_bw = hbm_bytes_per_cycle(p)
 
@@ -174,9 +175,10 @@ class Lowerer:
         return f"dma{i}"
 
     def prefetch_window(self, stage: int) -> list[tuple[int, int, int]]:
-        """A stream may start once the previous array pass of its chip has started."""
-        j = self.last_array.get(stage, -1)
-        return [(j, START_START, 0)] if j >= 0 else []
+        """A stream may start once the previous array pass of its chip has started (one op
+        of prefetch) and the previous stream has moved its bytes (the DMA queue is in order)."""
+        j, k = self.last_array.get(stage, -1), self.last_stream.get(stage, -1)
+        return [(j, START_START, 0)] * (j >= 0) + [(k, END_START, 0)] * (k >= 0)
 
     def stream(
         self, opcode: str, op: Op, nbytes: float, deps, descriptors: int, first_bytes: float, **kw
@@ -198,6 +200,7 @@ class Lowerer:
             **kw,
         )
         rest = nbytes - first_bytes
+        self.last_stream[s] = first
         if descriptors <= 1 or rest <= 0:
             return first, -1
         transfer = self.p.dma.issue_cycles + math.ceil(first_bytes / self.hbm_bw)
@@ -211,6 +214,7 @@ class Lowerer:
             n=descriptors - 1,
             **kw,
         )
+        self.last_stream[s] = tail
         return first, tail
 
     def join(self, op: Op, unit: str, last: int, tail: int, last_work: int) -> int:
@@ -292,15 +296,16 @@ class Lowerer:
         elements = self.rows(op.dim("m")) * op.dim("n")
         acts = (op.act_in_bytes + op.act_out_bytes) * self.f
         moved = acts + op.weight_bytes
-        spill = (0.0 if self.acts_fit(op, acts) else acts) + (
-            0.0 if self.pinned.get(op.id) else op.weight_bytes
-        )
+        a_res = self.acts_fit(op, acts)
+        spill = (0.0 if a_res else acts) + (0.0 if self.pinned.get(op.id) else op.weight_bytes)
         deps, tail, last_work = self.inputs(op), -1, 0
-        if spill > 0:
+        if spill > 0:  # weights alone need not wait for the activations
             block = self.free_bytes(op.stage) / 4  # double-buffered input and output blocks
             blocks = max(1, math.ceil(spill / block))
             last_work = math.ceil(elements * ops / vector_elements_per_cycle(self.p) / blocks)
-            first, tail = self.stream("dma.spill", op, spill, deps, blocks, spill / blocks)
+            first, tail = self.stream(
+                "dma.spill", op, spill, [] if a_res else deps, blocks, spill / blocks
+            )
             deps = [*deps, first]
         i = self.emit("vector", "vector", op, deps=deps, sram=moved, m=elements, n=ops, k=depth)
         return [self.join(op, "vector", i, tail, last_work)]
@@ -420,9 +425,7 @@ class Lowerer:
         )
         scores = inst * q_rows * kv_eff
         ops, depth = VECTOR_WORK["softmax"]
-        qk_block = math.ceil(
-            gemm_cycles(p, q_rows, kv_eff, d, inst, mp.qk.dataflow, mp.qk.split, mode) / blocks
-        )
+        qk_block = math.ceil(mp.qk.cycles / blocks)
         sm = self.emit(
             "vector",
             "vector",
