@@ -14,6 +14,7 @@ the ops are re-cut into that many stages with the smallest largest stage (balanc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import networkx as nx
@@ -34,6 +35,9 @@ PACKING_GRAIN = 8
 # its degree is larger: a few % more chips for several times lower per-token latency
 PACKING_SLACK = 0.08
 
+
+# bytes of an op one chip of a tp-chip group must hold in SRAM: size(op, tp, weight_bytes)
+ChipBytes = Callable[[Op, int, float], float]
 
 # the dimension each tensor-split role is sliced along when an op is cut across stages
 _SPLIT_DIM = {"column": "n", "vocab": "vocab", "row": "k", "heads": "batch", "state_heads": "batch"}
@@ -69,12 +73,16 @@ def _chunk(op: Op, parts: int, j: int) -> Op:
     )
 
 
-def wide_op_chunks(ops: list[Op], tp: int, cap: float, grain: int, wb: float) -> dict[str, int]:
+def wide_op_chunks(
+    ops: list[Op], tp: int, cap: float, grain: int, wb: float, size: ChipBytes | None = None
+) -> dict[str, int]:
     """Ops whose share on one chip exceeds cap/grain, and how many slices each is cut into so
-    that slices can go to different stages (the packing grain)."""
+    that slices can go to different stages (the packing grain). ``size``: the bytes of an op
+    that must sit in SRAM (default ``chip_bytes``)."""
+    size = size or chip_bytes
     out = {}
     for op in ops:
-        b = chip_bytes(op, tp, wb)
+        b = size(op, tp, wb)
         if op.tp_role in _SPLIT_DIM and b > cap / grain:
             width = op.dim(_SPLIT_DIM[op.tp_role])
             most = width if op.tp_role in ("heads", "state_heads") else max(1, width // tp)
@@ -130,12 +138,15 @@ def chip_bytes(op: Op, tp: int, wb: float) -> float:
     return op.params * share * wb
 
 
-def op_sizes(ops: list[Op], tp: int, wb: float, chunks: dict[str, int]) -> list[float]:
+def op_sizes(
+    ops: list[Op], tp: int, wb: float, chunks: dict[str, int], size: ChipBytes | None = None
+) -> list[float]:
     """Per-chip bytes of each op, or of each of its slices where it is cut (in proportion to
     the slice's width: the planning estimate; the final check uses the slices themselves)."""
+    size = size or chip_bytes
     out = []
     for op in ops:
-        b, parts = chip_bytes(op, tp, wb), chunks.get(op.id, 1)
+        b, parts = size(op, tp, wb), chunks.get(op.id, 1)
         full = op.dim(_SPLIT_DIM.get(op.tp_role, "n")) or 1
         out.extend(b * (full // parts + (j < full % parts)) / full for j in range(parts))
     return out
@@ -203,11 +214,15 @@ def plan_sram(
     chips: int | None,
     tp_max: int,
     max_chips: int,
+    size: ChipBytes | None = None,
 ) -> Plan:
     """Fewest chips whose SRAM holds weights + KV + activations (``chips=None``), or the split
     of exactly ``chips`` chips (CapacityError if it does not hold the model). The batch is
     split into micro-batches, one per stage as far as sequences go, that follow each other
-    down the pipeline."""
+    down the pipeline. ``size(op, tp, weight_bytes)``: the bytes of an op one chip must hold
+    in SRAM (default ``chip_bytes``: its weight share and, for attention, its KV cache; a
+    machine that keeps the KV cache elsewhere passes its own)."""
+    size = size or chip_bytes
     spec: ModelSpec = g.graph["model"]
     sc: Scenario = g.graph["scenario"]
     ops = ops_in_order(g)
@@ -228,8 +243,8 @@ def plan_sram(
     else:
         options = []  # (tensor degree, fewest stages)
         for tp in (t for t in tps if cap_for(t) > 0):
-            cut = wide_op_chunks(ops, tp, cap_for(tp), PACKING_GRAIN, wb)
-            pp_min = greedy_stages(op_sizes(ops, tp, wb, cut), cap_for(tp))
+            cut = wide_op_chunks(ops, tp, cap_for(tp), PACKING_GRAIN, wb, size)
+            pp_min = greedy_stages(op_sizes(ops, tp, wb, cut, size), cap_for(tp))
             if pp_min is not None:
                 options.append((tp, pp_min))
         fewest = min((tp * pp for tp, pp in options), default=0)
@@ -237,16 +252,16 @@ def plan_sram(
         best = max(near) if near else None
         if best is None or best[0] * best[1] > max_chips:
             raise CapacityError(
-                f"{spec.name} does not fit on any groq-like system of up to {max_chips} chips "
+                f"{spec.name} does not fit on any system of up to {max_chips} chips "
                 f"of {capacity_bytes / 1e6:.0f} MB usable SRAM (needs {need.total / 1e9:.1f} GB)"
             )
         tp, pp = best
     cap = cap_for(tp)
-    chunks = wide_op_chunks(ops, tp, cap, PACKING_GRAIN, wb)
+    chunks = wide_op_chunks(ops, tp, cap, PACKING_GRAIN, wb, size)
     ops = ops_in_order(split_wide_ops(g, chunks))  # the order partition_sram walks
     if pp > len(ops):
         raise ScenarioError(f"{tp * pp} chips would need {pp} pipeline stages for {len(ops)} ops")
-    sizes = [chip_bytes(op, tp, wb) for op in ops]
+    sizes = [size(op, tp, wb) for op in ops]
 
     def cut(stages: int) -> tuple[list[int], float]:
         starts = balanced_cuts(sizes, stages)

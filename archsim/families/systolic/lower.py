@@ -1,0 +1,458 @@
+"""Lowering for matx-like: each op of the partitioned graph -> DMA transfers, array passes,
+vector passes and link transfers on one chip per pipeline stage.
+
+Units per chip ``S`` (chip 0 of each tensor group): ``chipS.arrays`` (all systolic arrays),
+``chipS.vector``, ``chipS.dma0..`` (the DMA engines, round robin), ``chipS.link``. Shared
+resources: ``chipS.hbm`` (every DMA's bytes, max-min fair) and ``chipS.sram`` (the
+scratchpad's ports: DMA writes, array operands, vector operands).
+
+Residency (``pinned_weights``): walking each chip's ops in order, a GEMM's weights stay in the
+scratchpad across steps while they fit ``mapping.pin_fraction`` of it; the rest stream from
+HBM every step. An op's activations stay in the scratchpad when they fit half of what the
+pinned weights leave; the other half (or all of it, for spilled activations) holds the
+double-buffered tiles.
+
+Double buffering, per op: a DMA of the first block, a DMA of the rest right behind it; the
+array (or vector) pass starts once the first block has landed, and a ``join`` ends the op at
+max(the pass's end, the last block landed + one block's work) — the end of a double-buffered
+pipeline. An op's stream starts once the previous op's array pass has started (prefetch of
+one op ahead) and the previous stream has moved its bytes (one DMA queue).
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from archsim.core.isa import END_START, START_START, InstructionStream, StreamBuilder
+from archsim.core.plan import Plan
+from archsim.families.systolic.mapper import (
+    ACC_BYTES,
+    AttentionMapping,
+    map_attention,
+    map_gemm,
+)
+from archsim.families.systolic.params import SystolicParams
+from archsim.families.systolic.timing import (
+    OPCODES,
+    gemm_opcode,
+    hbm_bytes_per_cycle,
+    vector_elements_per_cycle,
+)
+from archsim.graph.build import ELEM_BYTES, ops_in_order
+from archsim.graph.ops import Op, OpKind
+from archsim.graph.scenario import DTYPE_BYTES, Scenario
+
+SUPPORTED = frozenset(
+    k.value
+    for k in (
+        OpKind.EMBEDDING,
+        OpKind.MATMUL,
+        OpKind.BMM,
+        OpKind.ATTENTION,
+        OpKind.NORM,
+        OpKind.SOFTMAX,
+        OpKind.ROPE,
+        OpKind.ACTIVATION,
+        OpKind.RESIDUAL,
+        OpKind.ALL_REDUCE,
+        OpKind.SEND_RECV,
+    )
+)
+
+# Vector work per output element: (element ops, dependent ops), as the algorithm needs them
+# (not hardware numbers). RMSNorm: square-accumulate, scale, weight; LayerNorm adds the mean
+# pass; softmax: max, subtract, exp, sum, scale; SiLU*up: exp, add, divide, multiply by up;
+# gelu (tanh form): ~8; rope: two multiplies and an add; residual: one add.
+VECTOR_WORK = {
+    "rmsnorm": (4, 4),
+    "layernorm": (7, 6),
+    "softmax": (5, 5),
+    "silu_mul": (5, 4),
+    "gelu": (8, 6),
+    "rope": (3, 2),
+    "residual": (1, 1),
+}
+# bit flags of a GEMM instruction's aux column
+WEIGHTS_RESIDENT, ACTS_RESIDENT = 1, 2
+
+
+def gemm_mode(p: SystolicParams, weights: str, acts: str) -> int:
+    """Index into ``timing.MODES`` of the arithmetic a (weights, activations) pair runs at: the
+    wider of the two (int4 weights with bf16 activations run at bf16); a mode the arrays lack
+    (rate 0) falls back to int8 (for int4), then bf16."""
+    a = p.systolic
+    wide = max(DTYPE_BYTES[weights], DTYPE_BYTES[acts])
+    if wide >= 2:
+        return 0
+    if wide == 0.5 and a.rate_int4 > 0:
+        return 3
+    if wide <= 1 and "fp8" in (weights, acts) and a.rate_fp8 > 0:
+        return 1
+    if wide <= 1 and "fp8" not in (weights, acts) and a.rate_int8 > 0:
+        return 2
+    return 0
+
+
+def pinned_weights(ops: list[Op], p: SystolicParams) -> dict[str, bool]:
+    """Op id -> its weights stay resident in the scratchpad (ops of each chip in order,
+    while they fit ``pin_fraction`` of it). Embedding tables stay in HBM (a step gathers only
+    a few rows)."""
+    budget = p.scratchpad.bytes * p.mapping.pin_fraction
+    used: dict[int, float] = {}
+    out: dict[str, bool] = {}
+    for op in ops:
+        if op.kind not in (OpKind.MATMUL, OpKind.NORM) or op.weight_bytes <= 0:
+            continue
+        have = used.get(op.stage, 0.0)
+        if have + op.weight_bytes <= budget:
+            used[op.stage] = have + op.weight_bytes
+            out[op.id] = True
+    return out
+
+
+class Lowerer:
+    """Emits one micro-batch's trip through every pipeline stage."""
+
+    def __init__(self, g: nx.DiGraph, plan: Plan, p: SystolicParams, sc: Scenario) -> None:
+        self.g, self.plan, self.p, self.sc = g, plan, p, sc
+        self.b = StreamBuilder(OPCODES)
+        mb = plan.micro_batch or sc.batch
+        self.f = mb / sc.batch  # share of the batch in one micro-batch
+        self.ops = ops_in_order(g)
+        self.pinned = pinned_weights(self.ops, p)
+        self.pinned_bytes: dict[int, float] = {}
+        self.weight_bytes: dict[int, float] = {}
+        for op in self.ops:
+            self.weight_bytes[op.stage] = self.weight_bytes.get(op.stage, 0.0) + op.weight_bytes
+            if self.pinned.get(op.id):
+                self.pinned_bytes[op.stage] = self.pinned_bytes.get(op.stage, 0.0) + op.weight_bytes
+        self.out_of: dict[str, list[int]] = {}
+        self.last_array: dict[int, int] = {}  # stage -> its last array pass (prefetch window)
+        self.last_stream: dict[int, int] = {}  # stage -> its last stream DMA (in order)
+        self.next_dma: dict[int, int] = {}
+        self.hbm_bw = hbm_bytes_per_cycle(p)
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def free_bytes(self, stage: int) -> float:
+        """Scratchpad not taken by pinned weights."""
+        return self.p.scratchpad.bytes - self.pinned_bytes.get(stage, 0.0)
+
+    def rows(self, n: int) -> int:
+        """Rows of one micro-batch out of ``n`` rows for the whole batch."""
+        return max(1, math.ceil(n * self.f - 1e-9))
+
+    def inputs(self, op: Op) -> list[int]:
+        return [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred]]
+
+    def emit(
+        self, opcode: str, unit: str, op: Op, deps=(), lagged=(), sram=0.0, hbm=0.0, **kw
+    ) -> int:
+        s = op.stage
+        res = {}
+        if hbm > 0:
+            res[f"chip{s}.hbm"] = hbm
+        if sram > 0:
+            res[f"chip{s}.sram"] = sram
+        return self.b.add(
+            opcode,
+            unit=f"chip{s}.{unit}",
+            op=op.id,
+            chip=s,
+            layer=op.layer,
+            deps=list(deps),
+            lagged=list(lagged),
+            resources=res,
+            offchip_bytes=hbm,
+            onchip_bytes=sram,
+            **kw,
+        )
+
+    def dma_unit(self, stage: int) -> str:
+        i = self.next_dma.get(stage, 0)
+        self.next_dma[stage] = (i + 1) % self.p.dma.engines
+        return f"dma{i}"
+
+    def prefetch_window(self, stage: int) -> list[tuple[int, int, int]]:
+        """A stream may start once the previous array pass of its chip has started (one op
+        of prefetch) and the previous stream has moved its bytes (the DMA queue is in order)."""
+        j, k = self.last_array.get(stage, -1), self.last_stream.get(stage, -1)
+        return [(j, START_START, 0)] * (j >= 0) + [(k, END_START, 0)] * (k >= 0)
+
+    def stream(
+        self, opcode: str, op: Op, nbytes: float, deps, descriptors: int, first_bytes: float, **kw
+    ) -> tuple[int, int]:
+        """A double-buffered stream of ``nbytes`` from HBM in ``descriptors`` blocks: the
+        first block's DMA (the consumer starts once it has landed), then the rest's DMA
+        right behind it (-1 when one block holds everything)."""
+        s = op.stage
+        first_bytes = min(first_bytes, nbytes)
+        first = self.emit(
+            opcode,
+            self.dma_unit(s),
+            op,
+            deps=deps,
+            lagged=self.prefetch_window(s),
+            hbm=first_bytes,
+            sram=first_bytes,
+            n=1,
+            **kw,
+        )
+        rest = nbytes - first_bytes
+        self.last_stream[s] = first
+        if descriptors <= 1 or rest <= 0:
+            return first, -1
+        transfer = self.p.dma.issue_cycles + math.ceil(first_bytes / self.hbm_bw)
+        tail = self.emit(
+            opcode,
+            self.dma_unit(s),
+            op,
+            lagged=[(first, START_START, transfer)],
+            hbm=rest,
+            sram=rest,
+            n=descriptors - 1,
+            **kw,
+        )
+        self.last_stream[s] = tail
+        return first, tail
+
+    def join(self, op: Op, unit: str, last: int, tail: int, last_work: int) -> int:
+        """The op is done when its last pass is, and not before the stream's last block has
+        landed and been worked on (``last_work`` cycles): the end of a double-buffered
+        pipeline, max(first block + work, last block + its work)."""
+        if tail < 0:
+            return last
+        return self.emit("join", unit, op, deps=[last], lagged=[(tail, END_START, last_work)])
+
+    def acts_fit(self, op: Op, nbytes: float) -> bool:
+        return nbytes <= self.free_bytes(op.stage) / 2
+
+    # ---- ops ----------------------------------------------------------------------------------
+    def lower(self) -> InstructionStream:
+        for op in self.ops:
+            self.out_of[op.id] = self.lower_op(op)
+        self.b.meta.update(
+            family="matx-like",
+            pinned_bytes_per_stage=",".join(
+                f"{self.pinned_bytes.get(s, 0.0):.17g}" for s in range(self.plan.pp)
+            ),
+            weight_bytes_per_stage=",".join(
+                f"{self.weight_bytes.get(s, 0.0):.17g}" for s in range(self.plan.pp)
+            ),
+        )
+        return self.b.build()
+
+    def lower_op(self, op: Op) -> list[int]:
+        kind = op.kind
+        if kind in (OpKind.MATMUL, OpKind.BMM):
+            return self.gemm(op)
+        if kind == OpKind.ATTENTION:
+            return self.attention(op)
+        if kind == OpKind.EMBEDDING:
+            rows = self.rows(op.dim("m"))
+            nbytes = op.weight_bytes * self.f
+            i = self.emit(
+                "dma.gather",
+                self.dma_unit(op.stage),
+                op,
+                deps=self.inputs(op),
+                hbm=nbytes,
+                sram=nbytes,
+                m=rows,
+                n=rows,
+            )
+            return [i]
+        if kind == OpKind.ALL_REDUCE:
+            return [
+                self.emit(
+                    "allreduce",
+                    "link",
+                    op,
+                    deps=self.inputs(op),
+                    g=op.group,
+                    link_bytes=op.link_bytes * self.f,
+                )
+            ]
+        if kind == OpKind.SEND_RECV:
+            return [
+                self.emit(
+                    "send", "link", op, deps=self.inputs(op), link_bytes=op.link_bytes * self.f
+                )
+            ]
+        return self.vector(op)
+
+    def vector(self, op: Op) -> list[int]:
+        """Norm, softmax, activation, rope, residual: one pass of the vector units over the
+        op's output elements; spilled activations stream from and back to HBM, and so do a
+        norm's weights when they are not pinned."""
+        if op.kind == OpKind.NORM:
+            name = "layernorm" if op.dim("layernorm") else "rmsnorm"
+        elif op.kind == OpKind.ACTIVATION:
+            name = "silu_mul" if op.dim("gated") else "gelu"
+        else:
+            name = op.kind.value
+        ops, depth = VECTOR_WORK[name]
+        elements = self.rows(op.dim("m")) * op.dim("n")
+        acts = (op.act_in_bytes + op.act_out_bytes) * self.f
+        moved = acts + op.weight_bytes
+        a_res = self.acts_fit(op, acts)
+        spill = (0.0 if a_res else acts) + (0.0 if self.pinned.get(op.id) else op.weight_bytes)
+        deps, tail, last_work = self.inputs(op), -1, 0
+        if spill > 0:  # weights alone need not wait for the activations
+            block = self.free_bytes(op.stage) / 4  # double-buffered input and output blocks
+            blocks = max(1, math.ceil(spill / block))
+            last_work = math.ceil(elements * ops / vector_elements_per_cycle(self.p) / blocks)
+            first, tail = self.stream(
+                "dma.spill", op, spill, [] if a_res else deps, blocks, spill / blocks
+            )
+            deps = [*deps, first]
+        i = self.emit("vector", "vector", op, deps=deps, sram=moved, m=elements, n=ops, k=depth)
+        return [self.join(op, "vector", i, tail, last_work)]
+
+    def gemm(self, op: Op) -> list[int]:
+        p, f = self.p, self.f
+        bmm = op.kind == OpKind.BMM
+        g = self.rows(op.dim("batch")) if bmm else 1
+        m = op.dim("m") if bmm else self.rows(op.dim("m"))
+        n, k = op.dim("n"), op.dim("k")
+        wdt = op.act_dtype if bmm else op.weight_dtype
+        mode = gemm_mode(p, wdt, op.act_dtype)
+        wb, ab = DTYPE_BYTES[wdt], DTYPE_BYTES[op.act_dtype]
+        acts = (op.act_in_bytes + op.act_out_bytes) * f  # bmm: both operands are activations
+        a_res = self.acts_fit(op, acts)
+        w_res = a_res if bmm else bool(self.pinned.get(op.id))
+        free = self.free_bytes(op.stage)
+        budget = free / 2 if a_res else free
+        mp = map_gemm(p, m, n, k, g, mode, wb, ab, float(ELEM_BYTES), w_res, a_res, budget)
+        deps, tail, last_work = self.inputs(op), -1, 0
+        arr = mp.array
+        if mp.streams:
+            order = "dma.mnk" if mp.loop_order == "mnk" else "dma.nmk"
+            blocks = max(1, -(-m // mp.tile_m) * -(-n // mp.tile_n) * -(-k // mp.tile_k) * g)
+            last_work = math.ceil(arr.cycles / blocks)
+            first, tail = self.stream(
+                order,
+                op,
+                mp.hbm_bytes,
+                [] if a_res else deps,
+                mp.descriptors,
+                mp.fill_bytes,
+                m=mp.tile_m,
+                k=mp.tile_k,
+                g=mp.tile_n,
+            )
+            deps = [*deps, first]
+        i = self.emit(
+            gemm_opcode(arr.dataflow, arr.split),
+            "arrays",
+            op,
+            deps=deps,
+            sram=arr.sram_bytes,
+            m=m,
+            n=n,
+            k=k,
+            g=g,
+            h=mode,
+            flops=op.flops * f,
+            aux=WEIGHTS_RESIDENT * int(w_res) + ACTS_RESIDENT * int(a_res),
+        )
+        self.last_array[op.stage] = i
+        return [self.join(op, "arrays", i, tail, last_work)]
+
+    def attention(self, op: Op) -> list[int]:
+        """The new K, V appended to the cache in HBM; K and V stream in blocks (decode: the
+        cache is in HBM; prefill: from the scratchpad when this step's K, V fit there); per
+        (sequence, KV head) the arrays compute Q K^T, the vector units the softmax (one block
+        behind), the arrays P V."""
+        p = self.p
+        b = self.rows(op.dim("batch"))
+        heads, kvh, d = op.dim("heads"), op.dim("kv_heads"), op.dim("head_dim")
+        q, kv = op.dim("q_len"), op.dim("kv_len")
+        pairs = q * (kv - q) + q * (q + 1) / 2 if op.dim("causal") else q * kv
+        kv_eff = max(1, math.ceil(pairs / q - 1e-9))  # keys per query on average
+        q_rows = q * (heads // kvh)  # queries that share one KV head
+        inst = b * kvh
+        kvb, ab = DTYPE_BYTES[op.weight_dtype], DTYPE_BYTES[op.act_dtype]
+        mode = gemm_mode(p, op.weight_dtype, op.act_dtype)
+        read = op.kv_read_bytes * self.f
+        write = op.kv_write_bytes * self.f
+        free = self.free_bytes(op.stage)
+        from_hbm = q == 1 or not self.acts_fit(op, read)
+        mp: AttentionMapping = map_attention(
+            p, q_rows, kv_eff, d, inst, mode, ab, kvb, from_hbm, free / 2
+        )
+        deps = self.inputs(op)
+        if write > 0:  # the new K, V leave for HBM beside the computation (no one waits)
+            self.emit(
+                "dma.kv_write",
+                self.dma_unit(op.stage),
+                op,
+                deps=deps,
+                hbm=write,
+                sram=write,
+                m=b * q,
+                n=b,
+            )
+        blocks = max(1, math.ceil(kv_eff / mp.block_tokens))
+        tail, last_work = -1, math.ceil((mp.qk.cycles + mp.pv.cycles) / blocks)
+        if from_hbm:
+            first, tail = self.stream(
+                "dma.kv_read",
+                op,
+                read,
+                [],
+                mp.descriptors,
+                mp.fill_bytes,
+                m=mp.block_tokens,
+                k=d,
+                g=inst,
+            )
+            deps = [*deps, first]
+        half = op.flops * self.f / 2
+        qk = self.emit(
+            gemm_opcode(mp.qk.dataflow, mp.qk.split),
+            "arrays",
+            op,
+            deps=deps,
+            sram=mp.qk.sram_bytes,
+            m=q_rows,
+            n=kv_eff,
+            k=d,
+            g=inst,
+            h=mode,
+            flops=half,
+        )
+        scores = inst * q_rows * kv_eff
+        ops, depth = VECTOR_WORK["softmax"]
+        qk_block = math.ceil(mp.qk.cycles / blocks)
+        sm = self.emit(
+            "vector",
+            "vector",
+            op,
+            lagged=[(qk, START_START, qk_block)],
+            sram=scores * (ACC_BYTES + ab),
+            m=scores,
+            n=ops,
+            k=depth,
+        )
+        sm_block = math.ceil((scores * ops / vector_elements_per_cycle(p)) / blocks)
+        pv = self.emit(
+            gemm_opcode(mp.pv.dataflow, mp.pv.split),
+            "arrays",
+            op,
+            lagged=[(sm, START_START, sm_block)],
+            sram=mp.pv.sram_bytes,
+            m=q_rows,
+            n=d,
+            k=kv_eff,
+            g=inst,
+            h=mode,
+            flops=half,
+        )
+        self.last_array[op.stage] = pv
+        return [self.join(op, "arrays", pv, tail, last_work)]
+
+
+def lower(g: nx.DiGraph, plan: Plan, p: SystolicParams, sc: Scenario) -> InstructionStream:
+    return Lowerer(g, plan, p, sc).lower()
