@@ -208,7 +208,7 @@ def test_an_op_kind_it_does_not_know_is_refused():
     """supported_ops lists the kinds it lowers; a kind added later is refused in one line."""
     fam = get_family("matx-like")
     assert "matmul" in fam.supported_ops() and "moe_router" not in fam.supported_ops()
-    op = SimpleNamespace(kind=SimpleNamespace(value="moe_router"), id="L0.router")
+    op = SimpleNamespace(kind=SimpleNamespace(value="moe_router"), id="L0.router", layer=0)
     g = SimpleNamespace(nodes=lambda data: [("L0.router", {"op": op})])
     with pytest.raises(UnsupportedOpError, match="matx-like cannot run moe_router"):
         refuse_unsupported(g, fam)
