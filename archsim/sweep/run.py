@@ -143,12 +143,20 @@ def _die_with_parent() -> None:
 def _local(tasks: list[tuple], workers: int) -> Iterator[dict]:
     """In this process (one worker) or a process pool; each worker keeps its compiled
     kernels and loaded configs from one point to the next."""
-    if workers <= 1:
+    if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield _run_one(task)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
-        futures = [pool.submit(_run_one, t) for t in tasks]
+    # the first point runs here: it imports, compiles or loads every numba kernel the
+    # sweep needs, and the forked workers inherit them instead of each paying that again
+    yield _run_one(tasks[0])
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                      else None)  # fmt: skip
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             initializer=_die_with_parent) as pool:  # fmt: skip
+        futures = [pool.submit(_run_one, t) for t in tasks[1:]]
         for fut in as_completed(futures):
             yield fut.result()
 
