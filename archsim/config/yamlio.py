@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,21 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Parse one YAML mapping; a malformed file is a ConfigError naming the file."""
+    """Parse one YAML mapping; a malformed file is a ConfigError naming the file. Parses are
+    cached per (path, modification time, size) and each caller gets its own copy (a serving
+    run simulates hundreds of steps of one preset)."""
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        st = path.stat()
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot read {path}: {first}") from None
+    return copy.deepcopy(_parse(str(path), st.st_mtime_ns, st.st_size))
+
+
+@lru_cache(maxsize=256)
+def _parse(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    try:
+        data = yaml.load(Path(path).read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader
     except (OSError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cannot read {path}: {first}") from None
