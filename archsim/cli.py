@@ -521,6 +521,13 @@ def serve_options(f):
         ),
         opt("--instances", type=int, default=1, show_default=True, help="data-parallel instances"),
         opt(
+            "--size-batch",
+            type=int,
+            default=32,
+            show_default=True,
+            help="--chips auto holds the KV of this many requests of the workload's mean length",
+        ),
+        opt(
             "--set",
             "overrides",
             multiple=True,
@@ -739,7 +746,7 @@ def _serve_setup(kw: dict[str, Any]):
         kv_compression=kw["kv_compression"], sched=sched, spec=spec, draft=kw["draft"],
         draft_layers=kw["draft_layers"], tiers=tiers, kv_idle_s=kw["kv_idle_s"],
         reuse=not kw["no_reuse"], kv_link=kw["kv_link"], resolution=kw["resolution"],
-        sim_layers=_layers(kw["sim_layers"]),
+        sim_layers=_layers(kw["sim_layers"]), size_batch=kw["size_batch"],
     )  # fmt: skip
     return cfg, make(kw["rate"] if not kw["trace_path"] else None), make
 

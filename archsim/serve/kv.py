@@ -232,10 +232,11 @@ class KvMemory:
                 continue
             for key in list(self.lru[i]):
                 e = self.entries[key]
-                if e.last_use + limit > now:
+                due = max(e.last_use, e.ready_at) + limit
+                if due > now:
                     break  # the rest were used more recently
                 if e.pins == 0:
-                    self._demote(e, now)
+                    self._demote(e, due)  # swept late: it moved when it fell due
 
     def tier_bytes(self) -> dict[str, float]:
         out = {DEVICE: (self.total_blocks - self.free) * self.block_tokens

@@ -15,7 +15,8 @@ PERCENTILES = (50, 90, 99)
 CSV_COLUMNS = (
     "id", "arrival_s", "prompt_tokens", "output_tokens", "conversation_id", "prefix_id",
     "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "preemptions",
-    "reused_tokens", "reuse_tier", "reload_s", "handoff_s", "instance", "decode_instance",
+    "max_itl_s", "reused_tokens", "reuse_tier", "reload_s", "handoff_s", "instance",
+    "decode_instance",
     "meets_slo",
 )  # fmt: skip
 
@@ -56,6 +57,7 @@ def summarize(jobs: list[Job], slo_ttft: float | None, slo_tpot: float | None) -
         "ttft_s": distribution([j.first_token - j.req.arrival_s for j in jobs]),
         "tpot_s": distribution([t for j in jobs if (t := tpot(j)) is not None]),
         "e2e_s": distribution([j.finish - j.req.arrival_s for j in jobs]),
+        "max_itl_s": distribution([j.max_gap for j in jobs if j.req.output > 1]),
         "throughput": {
             "requests_per_s": len(jobs) / duration if duration > 0 else None,
             "output_tokens_per_s": out_tokens / duration if duration > 0 else None,
@@ -87,6 +89,7 @@ def request_rows(jobs: list[Job], slo_ttft: float | None, slo_tpot: float | None
             "tpot_s": "" if tpot(j) is None else tpot(j),
             "e2e_s": j.finish - r.arrival_s,
             "preemptions": j.preemptions,
+            "max_itl_s": j.max_gap,
             "reused_tokens": j.reused,
             "reuse_tier": j.reuse_tier or "",
             "reload_s": j.reload_s,

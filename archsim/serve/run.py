@@ -15,9 +15,9 @@ import numpy as np
 from archsim.core.errors import ArchsimError
 from archsim.graph.model import ModelSpec, load_model
 from archsim.graph.scenario import DTYPE_BYTES, Precision
-from archsim.serve.kv import DEVICE, KvMemory
+from archsim.serve.kv import DEVICE
 from archsim.serve.metrics import summarize
-from archsim.serve.sim import Instance, Job, SchedulerConfig, Simulation, SpecConfig
+from archsim.serve.sim import Job, SchedulerConfig, Simulation, SpecConfig, instance_factory
 from archsim.serve.steps import Deployment, FamilySteps, plan_deployment
 from archsim.serve.tiers import Hierarchy, Link, load_tiers
 from archsim.serve.workload import Request
@@ -61,6 +61,7 @@ class ServeConfig:
     resolution: float = 1.0  # grid points per octave x this; 0: a simulation per step shape
     sim_layers: int | None = None  # simulate N layers and scale (None: the whole model)
     compare: bool = True
+    size_batch: int = 32  # chips auto: hold the KV of this many mean-length requests
 
     @property
     def disaggregated(self) -> bool:
@@ -87,6 +88,8 @@ class Server:
         self.hierarchy: Hierarchy | None = load_tiers(cfg.tiers) if cfg.tiers else None
         self._deps: dict[tuple, tuple[Deployment, FamilySteps]] = {}
         self.plan_s = 0.0
+        if cfg.size_batch < 1:
+            raise ArchsimError(f"--size-batch must be at least 1, got {cfg.size_batch}")
         if cfg.sched.preempt == "swap" and self.hierarchy is None:
             raise ArchsimError("--preempt swap needs --kv-tiers (the tier it swaps to)")
         if cfg.disaggregated and (cfg.prefill is None or cfg.decode is None):
@@ -111,7 +114,7 @@ class Server:
         model = model or self.spec
         cfg = self.cfg
         mean_len = float(np.mean([r.prompt + r.output for r in requests]))
-        pool = int(cfg.sched.max_batch * mean_len)
+        pool = int(min(cfg.size_batch, cfg.sched.max_batch) * mean_len)
         key = (m.arch, m.chips, m.overrides, model.name, pool)
         if key not in self._deps:
             t0 = time.perf_counter()
@@ -172,12 +175,11 @@ class Server:
                 )
                 cap = shared_capacity(dep, ddep)
 
-        def make(sim: Simulation, idx: int, role: str) -> Instance:
-            kv = KvMemory(cap, dep.kv_bytes_per_token, hierarchy=self.hierarchy,
-                          device_idle_s=self.cfg.kv_idle_s, caching=reuse)  # fmt: skip
-            return Instance(sim, idx, role, steps, kv, draft=draft, draft_fraction=fraction)
-
-        return make
+        return instance_factory(
+            steps, cap, dep.kv_bytes_per_token, hierarchy=self.hierarchy,
+            device_idle_s=self.cfg.kv_idle_s, caching=reuse, draft=draft,
+            draft_fraction=fraction,
+        )  # fmt: skip
 
 
 def shared_capacity(target: Deployment, draft: Deployment) -> int:
@@ -191,7 +193,7 @@ def shared_capacity(target: Deployment, draft: Deployment) -> int:
     if free <= per_token:
         raise ArchsimError(
             f"the draft model {draft.model.name} leaves no KV room for {target.model.name} "
-            f"on {target.chips} chip(s) of {target.arch}"
+            f"on {target.chips} chip(s) of {target.arch}; give it more chips (--chips)"
         )
     return int(free // per_token)
 

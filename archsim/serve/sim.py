@@ -120,6 +120,9 @@ class Job:
     handoff_s: float = 0.0  # KV transfer prefill -> decode instance
     instance: int = -1
     decode_instance: int = -1
+    late: bool = False  # slo policy: can no longer meet its TTFT target
+    last_token: float = 0.0  # when its latest token came out
+    max_gap: float = 0.0  # longest wait between two of its tokens
 
     @property
     def decoding(self) -> bool:
@@ -255,23 +258,27 @@ class Instance:
 
     def _ready_decodes(self, now: float) -> list[Job]:
         """Running requests in decode, each with the blocks for this step's tokens (the
-        latest admitted are preempted while blocks are short)."""
+        latest admitted are preempted while blocks are short; ``running`` is kept in
+        admission order)."""
         if self.role == "prefill":
             return []
         q = self.spec.k + 1 if self.spec else 1
         out = []
-        for job in sorted((j for j in self.running if j.decoding), key=lambda j: j.admitted):
-            if job not in self.running:
-                continue  # preempted to make room for an earlier one
+        i = 0
+        while i < len(self.running):
+            job = self.running[i]
+            if not job.decoding:
+                i += 1
+                continue
             need = self.kv.blocks(job.ctx + q - job.shared) - job.blocks
             while need > 0 and not self.kv.allocate(need, now):
-                victim = max(self.running, key=lambda j: j.admitted)
+                victim = self.running[-1]
                 self._preempt(victim, now)
                 if victim is job:
-                    break
-            if job in self.running:
-                job.blocks += max(need, 0)
-                out.append(job)
+                    return out
+            job.blocks += max(need, 0)
+            out.append(job)
+            i += 1
         return out
 
     def _preempt(self, job: Job, now: float) -> None:
@@ -318,16 +325,19 @@ class Instance:
         return True
 
     def _waiting_order(self, now: float) -> list[Job]:
+        """First come first served; the slo policy takes those that can still make their
+        TTFT deadline (arrival + target) first, in deadline order (a constant target makes
+        that arrival order), then the late ones (late once, late for good)."""
         cfg = self.sim.sched
         if cfg.policy != "slo" or cfg.slo_ttft_s is None:
             return list(self.waiting)
-
-        def key(j: Job) -> tuple[int, float]:  # noqa: E306
-            deadline = j.req.arrival_s + cfg.slo_ttft_s
-            late = now + self.steps.prefill_time(j.target - j.prefilled) > deadline
-            return (int(late and j.first_token is None), deadline)
-
-        return sorted(self.waiting, key=key)
+        on_time, late = [], []
+        for j in self.waiting:
+            if not j.late and j.first_token is None:
+                deadline = j.req.arrival_s + cfg.slo_ttft_s
+                j.late = now + self.steps.prefill_time(j.target - j.prefilled) > deadline
+            (late if j.late else on_time).append(j)
+        return on_time + late
 
     def _admit(self, now: float, budget: int, whole: bool) -> list[tuple[Job, int]]:
         """Swapped requests back first, then waiting prompts, while the budget, the batch
@@ -515,7 +525,11 @@ class Instance:
     def _apply(self, b: Block, now: float) -> None:
         """The block's steps have run: tokens produced, prompts advanced, requests done."""
         kv = self.kv
+        steps = np.diff(b.cum[: b.k]) if b.k > 1 else None
+        longest = float(steps.max()) if steps is not None else 0.0
         for job in b.decodes:
+            job.max_gap = max(job.max_gap, b.t0 + float(b.cum[0]) - job.last_token, longest)
+            job.last_token = now
             gained = b.tokens * b.k
             job.generated = min(float(job.req.output), job.generated + gained)
             job.ctx += gained
@@ -535,6 +549,9 @@ class Instance:
         r = job.req
         if job.first_token is None:
             job.first_token = now
+        else:  # a recomputed prompt: its next token waited since the last one
+            job.max_gap = max(job.max_gap, now - job.last_token)
+        job.last_token = now
         job.generated += 1.0  # the prefill's logits give the next token
         if r.prefix is not None and job.entry is None and self.kv.caching:
             self._share_prefix(job, now)
@@ -694,10 +711,34 @@ class Simulation:
         self.push(done, "release", (src, job))
         moved = Job(job.req, target=job.target, prefilled=job.prefilled,
                     generated=job.generated, ctx=job.ctx, first_token=job.first_token,
+                    last_token=job.last_token,
                     admitted=0, preemptions=job.preemptions, reused=job.reused,
                     reuse_tier=job.reuse_tier, reload_s=job.reload_s, handoff_s=job.handoff_s,
                     instance=src.idx, resolved=True)  # fmt: skip
         self.push(done, "handoff", (dst, moved))
+
+
+def instance_factory(
+    steps: Steps,
+    capacity_tokens: int,
+    kv_bytes_per_token: float,
+    *,
+    hierarchy=None,
+    device_idle_s: float | None = None,
+    caching: bool = True,
+    draft: Any = None,
+    draft_fraction: float = 0.0,
+    block_tokens: int = 16,
+):
+    """``make(sim, idx, role)`` building an instance with its own KV memory."""
+
+    def make(sim: Simulation, idx: int, role: str) -> Instance:
+        kv = KvMemory(capacity_tokens, kv_bytes_per_token, hierarchy=hierarchy,
+                      block_tokens=block_tokens, device_idle_s=device_idle_s,
+                      caching=caching)  # fmt: skip
+        return Instance(sim, idx, role, steps, kv, draft=draft, draft_fraction=draft_fraction)
+
+    return make
 
 
 __all__ = [
@@ -707,4 +748,5 @@ __all__ = [
     "SchedulerConfig",
     "Simulation",
     "SpecConfig",
+    "instance_factory",
 ]

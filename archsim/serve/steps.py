@@ -45,33 +45,46 @@ from archsim.graph.scenario import Precision
 
 CTX_BASE = 128  # first context grid point above 1; decode time is near affine in context
 SIZING_SEQUENCES = 16  # sequences that share the KV pool when a deployment is sized
+TOKEN_QUANTUM = 64  # token-count grid: multiples of this (and one above) ...
+TOKEN_DENSE_TO = 1024  # ... up to here, then geometric
+
+
+GRID_TOP = 1 << 22  # grid points are laid out up to this (4M tokens / sequences)
 
 
 class Grid:
-    """Sorted integer grid points: ``extra`` below ``base``, then ``base * 2**(k/per_octave)``
-    rounded; ``per_octave = 0`` makes every integer a point (direct simulation)."""
+    """Sorted integer grid points: ``extra``, then ``base * 2**(k/per_octave)`` rounded
+    (to a multiple of ``quantum`` and paired with the count one above it, when ``quantum``
+    is set, and every multiple of ``quantum`` up to ``dense_to``). ``per_octave = 0``
+    makes every integer a point (direct simulation)."""
 
-    def __init__(self, per_octave: float, base: int, extra: Sequence[int] = ()) -> None:
-        self.per_octave, self.base = per_octave, base
-        self.points: list[int] = sorted(set(extra))
-        self._k = 0
-        self._extend(base)
-
-    def _extend(self, x: float) -> None:
-        if self.per_octave <= 0:
-            return
-        while not self.points or self.points[-1] < x:
-            p = int(round(self.base * 2 ** (self._k / self.per_octave)))
-            self._k += 1
-            if not self.points or p > self.points[-1]:
-                self.points.append(p)
+    def __init__(
+        self,
+        per_octave: float,
+        base: int,
+        extra: Sequence[int] = (),
+        quantum: int = 0,
+        dense_to: int = 0,
+    ) -> None:
+        self.per_octave = per_octave
+        pts = set(extra)
+        if per_octave > 0:
+            k = 0
+            while (x := base * 2 ** (k / per_octave)) <= GRID_TOP:
+                pts.add(int(round(x / quantum)) * quantum if quantum else int(round(x)))
+                k += 1
+            if quantum:
+                pts.update(range(quantum, dense_to + 1, quantum))
+                pts.update([p + 1 for p in pts if p >= quantum and p % quantum == 0])
+        self.points: list[int] = sorted(p for p in pts if p >= 1)
 
     def bracket(self, x: float) -> tuple[int, int]:
         """Grid points lo <= x <= hi, adjacent (lo == hi when x is a point)."""
         if self.per_octave <= 0:
             return int(math.floor(x)), int(math.ceil(x))
-        self._extend(x)
         i = bisect.bisect_left(self.points, x)
+        if i == len(self.points):
+            raise ScenarioError(f"{x:g} is beyond the step-time grid ({GRID_TOP:,})")
         if self.points[i] == x or i == 0:
             return self.points[i], self.points[i]
         return self.points[i - 1], self.points[i]
@@ -82,7 +95,8 @@ class Grid:
             return list(range(int(math.floor(lo)), int(math.ceil(hi)) + 1))
         a, _ = self.bracket(lo)
         _, b = self.bracket(hi)
-        i, j = self.points.index(a), self.points.index(b)
+        i = bisect.bisect_left(self.points, a)
+        j = bisect.bisect_left(self.points, b)
         return self.points[i : j + 1]
 
 
@@ -146,8 +160,15 @@ class FamilySteps:
     ) -> None:
         self.dep = dep
         self.batch_grid = Grid(per_octave, 1)
-        self.token_grid = Grid(token_per_octave, 16, extra=(1,))
-        self.ctx_grid = Grid(ctx_per_octave, CTX_BASE, extra=(1,))
+        # token counts: every multiple of TOKEN_QUANTUM up to TOKEN_DENSE_TO and the count
+        # just above it, geometric beyond: many machines time rows in tiles of 64 or 128
+        # (tensor-core and systolic tiles), so a step's time jumps just past a multiple
+        # and is flat up to the next; interpolating across a jump would smooth it away
+        self.token_grid = Grid(token_per_octave, TOKEN_QUANTUM, extra=(1, 2, 4, 8, 16, 32),
+                               quantum=TOKEN_QUANTUM, dense_to=TOKEN_DENSE_TO)  # fmt: skip
+        # context: decode time is close to affine in it; the exact mode keeps a fine grid
+        self.ctx_grid = Grid(ctx_per_octave if ctx_per_octave > 0 else 16.0, CTX_BASE,
+                             extra=(1,))  # fmt: skip
         self.layers = layers
         self.scale = dict(scale or {})  # phase -> whole-model / layers-N factor
         self.stats = SimStats()
