@@ -778,6 +778,11 @@ def serve(find_max_rate, attainment, no_compare, csv_path, as_json, **kw) -> Non
     cfg, requests, make = _serve_setup(kw)
     cfg = replace(cfg, compare=not no_compare)
     report, jobs = run_serve(cfg, requests, Server(cfg))
+    report["workload"]["options"] = {
+        k: kw[k]
+        for k in ("trace_path", "rate", "requests", "arrival", "cv", "prompt_tokens",
+                  "output_tokens", "prefix_tokens", "prefix_groups", "turns", "think_s", "seed")
+    }  # fmt: skip
     if find_max_rate:
         if not 0 < attainment <= 1:
             raise ArchsimError(f"--attainment must be within (0, 1], got {attainment}")

@@ -39,9 +39,10 @@ MIXED_CASES = (  # (decodes, their mean context, [(chunk tokens, cached before i
 
 
 def _deployment(arch: str, model: ModelSpec, chips: int | None, resolution: float):
+    pool = int(1.25 * max(b * c for b, c in DECODE_POINTS))  # every point fits
     dep = plan_deployment(arch, model, Precision(), chips=chips, overrides=(),
-                          kv_compression=1.0, pool_tokens=32 * 1024,
-                          token_budget=2048)  # fmt: skip
+                          kv_compression=1.0, pool_tokens=pool,
+                          token_budget=max(PREFILL_POINTS))  # fmt: skip
     r = resolution
     return dep, FamilySteps(dep, 2.0 * r, 4.0 * r, 1.0 * r)
 
@@ -62,7 +63,7 @@ def interpolation_errors(
         got = steps.prefill_time(n)
         r = simulate(arch, spec, phase="prefill", batch=1, seq=n, chips=dep.chips)
         rows.append(_row(f"prefill {n}", got, step_parts(r)[0]))
-    return rows
+    return [{**row, "chips": dep.chips} for row in rows]
 
 
 def _row(what: str, model: float, direct: float) -> dict:
@@ -153,7 +154,7 @@ def composition_errors(arch: str, model: str, chips: int | None = None) -> list[
         what = f"{d} decodes @ctx {c}" + (f" x{q} tokens" if q > 1 else "")
         what += "".join(f" + chunk {p}" + (f" after {o}" if o else "") for p, o in chunks)
         row = _row(what, got[0], direct)
-        row.update(exact_s=got[1], exact_error=got[1] / direct - 1)
+        row.update(exact_s=got[1], exact_error=got[1] / direct - 1, chips=dep.chips)
         rows.append(row)
     return rows
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     if not a.no_fused:
         tables.append(("composition", composition_errors(a.arch, a.model)))
     for title, rows in tables:
-        print(f"{title}: {a.arch} {a.model}")
+        print(f"{title}: {a.arch} ({rows[0]['chips']} chips) {a.model}")
         for r in rows:
             line = (f"  {r['step']:<56} model {r['model_s'] * 1e3:8.3f} ms  direct "
                     f"{r['direct_s'] * 1e3:8.3f} ms  {100 * r['error']:+6.1f} %")  # fmt: skip

@@ -87,6 +87,7 @@ class Server:
         self.precision = parse_precision(cfg.precision, cfg.kv_precision)
         self.hierarchy: Hierarchy | None = load_tiers(cfg.tiers) if cfg.tiers else None
         self._deps: dict[tuple, tuple[Deployment, FamilySteps]] = {}
+        self.draft_dep: Deployment | None = None
         self.plan_s = 0.0
         if cfg.size_batch < 1:
             raise ArchsimError(f"--size-batch must be at least 1, got {cfg.size_batch}")
@@ -170,10 +171,14 @@ class Server:
             if self.cfg.draft == "self":
                 fraction = self.cfg.draft_layers / dep.model.num_layers
             else:
+                # the draft shares the target's chips, split the same way (vLLM's default
+                # draft tensor parallelism is the target's)
                 ddep, draft = self.deployment(
-                    Machine(m.arch, None, 1, m.overrides), requests, load_model(self.cfg.draft)
-                )
+                    Machine(m.arch, dep.chips, 1, m.overrides), requests,
+                    load_model(self.cfg.draft),
+                )  # fmt: skip
                 cap = shared_capacity(dep, ddep)
+                self.draft_dep = ddep
 
         return instance_factory(
             steps, cap, dep.kv_bytes_per_token, hierarchy=self.hierarchy,
@@ -218,19 +223,21 @@ def layer_scale(dep: Deployment, n: int, sched: SchedulerConfig) -> dict[str, fl
 
 
 # ---- reports ----------------------------------------------------------------------------
-def kv_report(
-    dep: Deployment, sims: list[Simulation], requests: list[Request], max_batch: int
-) -> dict[str, Any]:
+def kv_report(dep: Deployment, sim: Simulation, requests: list[Request], max_batch: int):
+    """The KV cache of the instances that decode: bytes per token, the tokens they hold
+    (less when a draft model shares the chips), the batch that fits at the workload's mean
+    request length, and how full it got."""
     mean_len = float(np.mean([r.prompt + r.output for r in requests]))
-    insts = [i for s in sims[:1] for i in s.instances + s.decoders]
-    used = max((i.kv.peak_used_blocks / max(i.kv.total_blocks, 1) for i in insts), default=0)
+    insts = sim.decoders or sim.instances
+    cap = insts[0].kv.total_blocks * insts[0].kv.block_tokens
+    used = max(i.kv.peak_used_blocks / max(i.kv.total_blocks, 1) for i in insts)
     return {
         "dtype": dep.precision.kv,
         "compression": dep.kv_compression,
         "bytes_per_token": dep.kv_bytes_per_token,
-        "capacity_tokens": dep.kv_capacity_tokens,
-        "capacity_bytes": dep.kv_capacity_tokens * dep.kv_bytes_per_token,
-        "admissible_batch": min(max_batch, int(dep.kv_capacity_tokens // mean_len)),
+        "capacity_tokens": cap,
+        "capacity_bytes": cap * dep.kv_bytes_per_token,
+        "admissible_batch": min(max_batch, int(cap // mean_len)),
         "peak_used_fraction": used,
         "swaps": sum(i.swaps for i in insts),
         "swap_bytes": sum(i.swap_bytes for i in insts),
@@ -286,10 +293,12 @@ def serve(
         "preempt": sched.preempt,
         **summarize(jobs, sched.slo_ttft_s, sched.slo_tpot_s),
     }
+    report["config"] = config_dict(cfg)
+    report["workload"] = workload_summary(requests)
     main_m = cfg.decode if cfg.disaggregated else cfg.machine
     dep, steps = server.deployment(main_m, requests)
     report["deployment"] = _deployments(server, cfg, requests)
-    report["kv"] = kv_report(dep, [sim], requests, sched.max_batch)
+    report["kv"] = kv_report(dep, sim, requests, sched.max_batch)
     report["utilization"] = {
         f"{i.role}{i.idx}": i.busy_s / report["duration_s"] if report["duration_s"] else 0.0
         for i in sim.instances + sim.decoders
@@ -306,6 +315,27 @@ def serve(
         report["disaggregation"] = _disaggregation(server, cfg, requests, sim, jobs)
     report["step_model"] = _step_model(server, sim, t0)
     return report, jobs
+
+
+def config_dict(cfg: ServeConfig) -> dict[str, Any]:
+    """The resolved serving configuration, as the report records it."""
+    from dataclasses import asdict
+
+    out = asdict(replace(cfg, model=cfg.model if isinstance(cfg.model, str) else cfg.model.name))
+    return out
+
+
+def workload_summary(requests: list[Request]) -> dict[str, Any]:
+    arrivals = [r.arrival_s for r in requests]
+    span = max(arrivals) - min(arrivals)
+    return {
+        "requests": len(requests),
+        "rate_rps": (len(requests) - 1) / span if span > 0 else None,
+        "prompt_tokens_mean": float(np.mean([r.prompt for r in requests])),
+        "output_tokens_mean": float(np.mean([r.output for r in requests])),
+        "conversations": len({r.conversation for r in requests if r.conversation}),
+        "prefixes": len({r.prefix for r in requests if r.prefix}),
+    }
 
 
 def _deployments(server: Server, cfg: ServeConfig, requests: list[Request]) -> dict[str, Any]:
@@ -325,6 +355,11 @@ def _speculation(server: Server, cfg: ServeConfig, requests, report) -> dict[str
         "k": cfg.spec.k,
         "accept": cfg.spec.accept,
         "tokens_per_step": cfg.spec.tokens_per_step,
+        # the target's KV per token is unchanged (rejected draft tokens are dropped); a
+        # separate draft model stores its own KV beside it
+        "draft_kv_bytes_per_token": server.draft_dep.kv_bytes_per_token
+        if server.draft_dep is not None
+        else 0.0,
     }
     if cfg.compare:
         _, base = server.simulate(requests, spec=None)

@@ -119,6 +119,7 @@ class Deployment:
     act_bytes: float  # activations of the largest step planned
     memory_tier: str  # the family's name for where the KV lives (hbm, sram, ...)
     memory_bw_bytes_per_s: float  # its peak bandwidth per chip
+    arch_digest: str = ""  # of the resolved arch config (overrides included)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +136,9 @@ class Deployment:
             "weight_bytes": self.weight_bytes,
             "memory_bytes": self.capacity_bytes,
             "memory_tier": self.memory_tier,
+            "arch_digest": self.arch_digest,
+            "model_digest": self.model.digest(),
+            "overrides": list(self.overrides),
         }
 
 
@@ -421,4 +425,5 @@ def plan_deployment(
         kv_capacity_tokens=kv_cap, weight_bytes=weights, capacity_bytes=cap, act_bytes=act,
         memory_tier=family.tiers[tier],
         memory_bw_bytes_per_s=peak.offchip_bytes_per_s or peak.onchip_bytes_per_s,
+        arch_digest=params.digest(),
     )  # fmt: skip
