@@ -14,9 +14,10 @@ from archsim.serve.check import fused_seconds
 from archsim.serve.steps import FamilySteps, plan_deployment, step_parts
 
 SPEC = load_model("llama3-8b")
+BF16 = Precision()
 
 
-def h100(precision=Precision(), compression=1.0, chips=None):
+def h100(precision=BF16, compression=1.0, chips=None):
     dep = plan_deployment("h100-like", SPEC, precision, chips=chips, overrides=(),
                           kv_compression=compression, pool_tokens=32 * 640,
                           token_budget=2048)  # fmt: skip
