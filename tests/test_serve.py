@@ -160,8 +160,8 @@ def test_speedup_grows_with_acceptance():
     assert speedups == sorted(speedups) and speedups[0] < 1 < speedups[-1]
 
 
-def disaggregated(requests, link: Link):
-    sim = Simulation(requests, SchedulerConfig(), handoff_link=link)
+def disaggregated(requests, link: Link, policy: str = "chunked"):
+    sim = Simulation(requests, SchedulerConfig(policy=policy), handoff_link=link)
     sim.add(instance_factory(STEPS, BIG, 1000.0), "prefill")
     sim.add(instance_factory(STEPS, BIG, 1000.0), "decode")
     return {j.req.id: j for j in sim.run()}, sim
@@ -184,10 +184,13 @@ def test_disaggregated_run_pays_the_kv_transfer():
     assert slow[0].first_token == fast[0].first_token  # TTFT is the prefill's
 
 
-def test_disaggregated_prefill_kv_freed_after_handoff():
-    """The prefill instance holds a request's KV until its transfer ends, then frees it."""
+@pytest.mark.parametrize("policy", ["fcfs", "chunked", "slo"])
+def test_disaggregated_prefill_kv_freed_after_handoff(policy):
+    """Every policy: all requests served; the prefill instance holds a request's KV until
+    its transfer ends, then frees it."""
     reqs = synthetic(30, 50.0, Lengths.parse("64:256", "p"), Lengths.parse("4:16", "o"))
-    _, sim = disaggregated(reqs, Link(bandwidth_bytes_per_s=1e9, latency_s=1e-5))
+    jobs, sim = disaggregated(reqs, Link(bandwidth_bytes_per_s=1e9, latency_s=1e-5), policy)
+    assert len(jobs) == 30
     for inst in sim.instances + sim.decoders:
         assert inst.kv.free == inst.kv.total_blocks
 

@@ -177,3 +177,43 @@ def test_kv_tiers_cli_json():
     assert 1 <= drain["dram"] < 10
     assert 30 <= drain["nvme"] < 600
     assert drain["object"] is None and math.isfinite(doc["tiers"][0]["capacity_bytes"])
+
+
+def test_swap_preemption_moves_the_victims_kv():
+    """KV of 4 blocks; two requests (prompt 16, output 20) outgrow it at 32 tokens each:
+    the later one is swapped out to dram (its 32 stored tokens x 1000 B = 32 kB written)
+    and back in once the first finishes; nothing is recomputed and every block returns."""
+    reqs = [Request(0, 0.0, 16, 20), Request(1, 0.0, 16, 20)]
+    sim = Simulation(reqs, SchedulerConfig(preempt="swap", watermark=0.0))
+    sim.add(instance_factory(STEPS, 64, 1000.0, hierarchy=hierarchy(1e9)))
+    jobs = {j.req.id: j for j in sim.run()}
+    inst = sim.instances[0]
+    assert inst.swaps >= 1 and jobs[1].preemptions == inst.swaps
+    assert inst.swap_bytes == pytest.approx(32_000 * inst.swaps)
+    assert inst.kv.stats["dram"].bytes_read == pytest.approx(inst.swap_bytes)
+    assert jobs[1].first_token == jobs[0].first_token  # admitted together, prefilled once
+    assert inst.kv.free == inst.kv.total_blocks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("preempt", ["recompute", "swap"])
+def test_blocks_balance_under_reuse_and_pressure(seed, preempt):
+    """Random conversations with shared prefixes through a small device and small tiers:
+    every request finishes, and at the end the free blocks plus the cached entries' blocks
+    are the whole device (nothing leaked, nothing counted twice)."""
+    from archsim.serve.workload import Lengths, synthetic
+
+    reqs = synthetic(120, 30.0, Lengths.parse("20:300", "p"), Lengths.parse("exp:40", "o"),
+                     seed=seed, prefix_tokens=64, prefix_groups=3, turns=3,
+                     think_s=1.0)  # fmt: skip
+    sim = Simulation(reqs, SchedulerConfig(preempt=preempt))
+    sim.add(instance_factory(LinearSteps(0.002, 1e-4, 1e-7), 4000, 100.0,
+                             hierarchy=hierarchy(1e8, capacity=400_000.0),
+                             device_idle_s=0.5))  # fmt: skip
+    jobs = sim.run()
+    assert len(jobs) == 120
+    kv = sim.instances[0].kv
+    cached = sum(kv.blocks(e.tokens) for e in kv.entries.values() if e.tier == 0)
+    assert kv.free + cached == kv.total_blocks
+    assert all(e.pins == 0 for e in kv.entries.values())
+    assert 0 <= kv.used_bytes[0] <= 400_000.0 + 1e-6

@@ -169,6 +169,7 @@ class Instance:
         self.swapped: deque[Job] = deque()
         self.running: list[Job] = []
         self.block: Block | None = None
+        self.waking = False
         self.version = 0
         self.admissions = 0
         self.busy_s = 0.0
@@ -206,7 +207,11 @@ class Instance:
         running block of decode steps at the first boundary at or after ``now``."""
         b = self.block
         if b is None:
-            self.schedule(now)
+            # schedule once every event of this instant is in (requests arriving together
+            # share their first step)
+            if not self.waking:
+                self.waking = True
+                self.sim.push(now, "wake", self)
             return
         if b.k > 1 and b.end > now + EPS:
             j = int(np.searchsorted(b.cum, now - b.t0 - EPS, side="left"))
@@ -235,26 +240,26 @@ class Instance:
         decodes = self._ready_decodes(now)
         q = self.spec.k + 1 if self.spec else 1
         chunks: list[tuple[Job, int]] = []
-        if cfg.policy == "fcfs":
+        if self.role == "decode":  # disaggregated: requests whose KV has landed join
+            self._admit_handoffs(now)
+            decodes = self._ready_decodes(now)
+        elif cfg.policy == "fcfs":
             chunks = self._admit(now, cfg.token_budget, whole=True) if self._can_prefill() else []
             if chunks:
                 decodes = []  # a prefill step runs alone (vLLM V0)
-        elif self.role != "decode":
+        else:
             budget = cfg.token_budget - len(decodes) * q
             if cfg.policy == "slo" and cfg.slo_tpot_s is not None:
                 budget = min(budget, self._slo_budget(decodes, q))
             chunks = self._continue_prefills(budget)
             budget -= sum(n for _, n in chunks)
             chunks += self._admit(now, budget, whole=False)
-        else:
-            self._admit_handoffs(now)
-            decodes = self._ready_decodes(now)
         if not decodes and not chunks:
             return
         self._start(now, decodes, chunks, q)
 
     def _can_prefill(self) -> bool:
-        return self.role != "decode" and bool(self.waiting or self.swapped)
+        return bool(self.waiting or self.swapped)
 
     def _ready_decodes(self, now: float) -> list[Job]:
         """Running requests in decode, each with the blocks for this step's tokens (the
@@ -652,6 +657,9 @@ class Simulation:
             elif kind == "step":
                 inst, version = payload
                 inst.on_step(version, t)
+            elif kind == "wake":
+                payload.waking = False
+                payload.schedule(t)
             elif kind in ("ready", "resume"):
                 inst, job = payload
                 if kind == "ready":
