@@ -166,3 +166,10 @@ def test_two_thousand_requests_under_ten_seconds(arch):
     seconds, out = _timed_serve(arch)
     assert seconds < 10, f"{arch}: {seconds:.1f} s"
     assert re.search(r"TTFT.*ms", out) and re.search(r"TPOT", out) and "throughput" in out
+
+
+def test_request_longer_than_the_model_is_refused():
+    """A prompt + answer beyond the model's positions is refused up front (one line)."""
+    code, _, err = cli("serve", "--model", "llama2-70b", "--requests", "5",
+                       "--prompt-tokens", "4000", "--output-tokens", "200")  # fmt: skip
+    assert code == 2 and "max_position_embeddings 4096" in err

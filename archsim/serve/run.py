@@ -150,6 +150,12 @@ class Server:
         colocated: bool = False,
     ) -> tuple[Simulation, list[Job]]:
         cfg = self.cfg
+        longest = max(r.prompt + r.output for r in requests)
+        if longest > self.spec.max_position_embeddings:
+            raise ArchsimError(
+                f"a request of {longest} tokens (prompt + output) exceeds {self.spec.name}'s "
+                f"max_position_embeddings {self.spec.max_position_embeddings}"
+            )
         spec_cfg = cfg.spec if spec == "cfg" else spec
         sim = Simulation(requests, cfg.sched, spec_cfg, handoff_link=None)
         reuse = cfg.reuse if reuse is None else reuse

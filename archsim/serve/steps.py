@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from archsim.core.errors import CapacityError, ScenarioError
+from archsim.core.errors import CapacityError, ModelError, ScenarioError
 from archsim.graph.model import ModelSpec
 from archsim.graph.scenario import Precision
 
@@ -201,7 +201,7 @@ class FamilySteps:
             out = step_parts(r)
             f = self.scale.get(phase, 1.0)
             out = (out[0] * f, out[1] * f)
-        except CapacityError:
+        except (CapacityError, ModelError):  # does not fit, or past the model's positions
             out = None
             self.stats.refused += 1
         self.stats.simulations += 1
