@@ -6,6 +6,7 @@ Bad input ends with one line ``archsim: error: ...`` on stderr and exit status 2
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -547,10 +548,344 @@ def validate(arch, groups, overrides, show_all, as_json, strict) -> None:
         sys.exit(1)
 
 
+# ---- serve: request-level serving simulation (archsim/serve/, docs/serving.md) ------------
+def serve_options(f):
+    """Options shared by `serve` and `plot serve`: machine, workload, scheduler, KV."""
+    opt = click.option
+    opts = [
+        opt(
+            "--arch",
+            default=DEFAULT_ARCH,
+            show_default=True,
+            help="colocated instances' preset (and the baseline of a disaggregated run)",
+        ),
+        opt("--model", default="llama3-8b", show_default=True, help="model name or YAML"),
+        opt(
+            "--chips",
+            default="auto",
+            show_default=True,
+            help="chips per instance: 'auto' (fewest that hold the model and the KV pool)",
+        ),
+        opt("--instances", type=int, default=1, show_default=True, help="data-parallel instances"),
+        opt(
+            "--size-batch",
+            type=int,
+            default=32,
+            show_default=True,
+            help="--chips auto holds the KV of this many requests of the workload's mean length",
+        ),
+        opt(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="override a key of --arch's config",
+        ),
+        opt(
+            "--precision",
+            default="bf16",
+            show_default=True,
+            help="bf16 | fp8 | int8 | int4 | w=..,a=..,kv=..",
+        ),
+        opt("--kv-precision", default=None, help="KV-cache dtype (bf16 | fp8 | int8 | int4)"),
+        opt(
+            "--kv-compression",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="stored KV is 1/RATIO of its dtype's bytes (token eviction, quantisation)",
+        ),
+        opt("--rate", type=float, default=5.0, show_default=True, help="requests per second"),
+        opt("--requests", type=int, default=1000, show_default=True),
+        opt(
+            "--arrival",
+            type=click.Choice(["poisson", "gamma", "uniform"]),
+            default="poisson",
+            show_default=True,
+        ),
+        opt(
+            "--cv",
+            type=float,
+            default=2.0,
+            show_default=True,
+            help="gamma arrivals: coefficient of variation of the gaps (>1: bursty)",
+        ),
+        opt("--prompt-tokens", default="512", show_default=True, help="N | A:B | exp:MEAN"),
+        opt("--output-tokens", default="128", show_default=True, help="N | A:B | exp:MEAN"),
+        opt(
+            "--prefix-tokens",
+            type=int,
+            default=0,
+            show_default=True,
+            help="a shared prefix (system prompt) of this many tokens leads every prompt",
+        ),
+        opt(
+            "--prefix-groups",
+            type=int,
+            default=1,
+            show_default=True,
+            help="distinct shared prefixes",
+        ),
+        opt(
+            "--turns",
+            type=int,
+            default=1,
+            show_default=True,
+            help="turns per conversation (each prompt carries the previous context)",
+        ),
+        opt(
+            "--think-s",
+            type=float,
+            default=30.0,
+            show_default=True,
+            help="mean seconds between a conversation's turns",
+        ),
+        opt("--seed", type=int, default=0, show_default=True),
+        opt(
+            "--trace",
+            "trace_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="requests from a JSONL/CSV trace (arrival_s, prompt_tokens, output_tokens"
+            "[, conversation_id, prefix_id, prefix_tokens])",
+        ),
+        opt(
+            "--policy",
+            type=click.Choice(["fcfs", "chunked", "slo"]),
+            default="chunked",
+            show_default=True,
+        ),
+        opt(
+            "--max-batch",
+            type=int,
+            default=256,
+            show_default=True,
+            help="sequences in flight per instance",
+        ),
+        opt(
+            "--token-budget",
+            type=int,
+            default=2048,
+            show_default=True,
+            help="new tokens per step (chunked prefill)",
+        ),
+        opt(
+            "--preempt",
+            type=click.Choice(["recompute", "swap"]),
+            default="recompute",
+            show_default=True,
+        ),
+        opt("--slo-ttft", type=float, default=None, help="TTFT target, seconds"),
+        opt("--slo-tpot", type=float, default=None, help="TPOT target, seconds"),
+        opt(
+            "--kv-tiers",
+            default="none",
+            show_default=True,
+            help="KV hierarchy below the device (kv_tiers/NAME.yaml or a path), or none",
+        ),
+        opt(
+            "--kv-idle-s",
+            type=float,
+            default=None,
+            help="an unused cached context leaves the device after this many seconds",
+        ),
+        opt("--no-reuse", is_flag=True, help="keep nothing after a request (no prefix reuse)"),
+        opt("--prefill-arch", default=None, help="disaggregation: prefill instances' preset"),
+        opt("--decode-arch", default=None, help="disaggregation: decode instances' preset"),
+        opt("--prefill-chips", default="auto", show_default=True),
+        opt("--decode-chips", default="auto", show_default=True),
+        opt("--prefill-instances", type=int, default=1, show_default=True),
+        opt("--decode-instances", type=int, default=1, show_default=True),
+        opt(
+            "--kv-link",
+            default="ib-ndr",
+            show_default=True,
+            help="link the KV crosses from prefill to decode (a link of --kv-tiers, or of "
+            "kv_tiers/hgx-h100.yaml)",
+        ),
+        opt("--draft", default=None, help="speculative decoding: draft model, or 'self'"),
+        opt(
+            "--draft-layers",
+            type=int,
+            default=None,
+            help="--draft self: the target's first N layers draft",
+        ),
+        opt("--spec-k", type=int, default=None, help="draft tokens per step"),
+        opt(
+            "--spec-accept",
+            type=float,
+            default=0.7,
+            show_default=True,
+            help="probability each draft token is accepted",
+        ),
+        opt(
+            "--resolution",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="step-time grid density (x2 halves the bucket width; 0: every step shape "
+            "simulated)",
+        ),
+        opt(
+            "--sim-layers",
+            default="all",
+            show_default=True,
+            help="simulate N decoder layers and scale to the model (calibrated at one point)",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _serve_setup(kw: dict[str, Any]):
+    """(ServeConfig, requests, make_requests(rate)) from the serve options."""
+    from archsim.serve import Lengths, Machine, SchedulerConfig, ServeConfig, SpecConfig
+    from archsim.serve.workload import load_trace, synthetic
+
+    def chips(v: str, what: str) -> int | None:
+        if v == "auto":
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            raise ArchsimError(f"{what} must be 'auto' or a count, got {v!r}") from None
+
+    prompt = Lengths.parse(kw["prompt_tokens"], "--prompt-tokens")
+    output = Lengths.parse(kw["output_tokens"], "--output-tokens")
+
+    def make(rate: float):
+        if kw["trace_path"]:
+            reqs = load_trace(kw["trace_path"])
+            span = max(r.arrival_s for r in reqs) - min(r.arrival_s for r in reqs)
+            if rate is None or span <= 0:
+                return reqs
+            from dataclasses import replace as _r
+
+            f = (len(reqs) - 1) / span / rate  # time-scale the trace to the asked rate
+            return [_r(r, arrival_s=r.arrival_s * f) for r in reqs]
+        return synthetic(kw["requests"], rate, prompt, output, process=kw["arrival"],
+                         cv=kw["cv"], seed=kw["seed"], prefix_tokens=kw["prefix_tokens"],
+                         prefix_groups=kw["prefix_groups"], turns=kw["turns"],
+                         think_s=kw["think_s"])  # fmt: skip
+
+    sched = SchedulerConfig(policy=kw["policy"], max_batch=kw["max_batch"],
+                            token_budget=kw["token_budget"], preempt=kw["preempt"],
+                            slo_ttft_s=kw["slo_ttft"], slo_tpot_s=kw["slo_tpot"])  # fmt: skip
+    disagg = kw["prefill_arch"] or kw["decode_arch"]
+    spec = None
+    if kw["spec_k"] is not None:
+        spec = SpecConfig(kw["spec_k"], kw["spec_accept"])
+    elif kw["draft"]:
+        raise ArchsimError("--draft needs --spec-k (draft tokens per step)")
+    tiers = None if kw["kv_tiers"] in ("none", "") else kw["kv_tiers"]
+    cfg = ServeConfig(
+        model=kw["model"],
+        machine=Machine(kw["arch"], chips(kw["chips"], "--chips"), kw["instances"],
+                        tuple(kw["overrides"])),
+        prefill=Machine(kw["prefill_arch"] or kw["arch"],
+                        chips(kw["prefill_chips"], "--prefill-chips"),
+                        kw["prefill_instances"]) if disagg else None,
+        decode=Machine(kw["decode_arch"] or kw["arch"],
+                       chips(kw["decode_chips"], "--decode-chips"),
+                       kw["decode_instances"]) if disagg else None,
+        precision=kw["precision"], kv_precision=kw["kv_precision"],
+        kv_compression=kw["kv_compression"], sched=sched, spec=spec, draft=kw["draft"],
+        draft_layers=kw["draft_layers"], tiers=tiers, kv_idle_s=kw["kv_idle_s"],
+        reuse=not kw["no_reuse"], kv_link=kw["kv_link"], resolution=kw["resolution"],
+        sim_layers=_layers(kw["sim_layers"]), size_batch=kw["size_batch"],
+    )  # fmt: skip
+    return cfg, make(kw["rate"] if not kw["trace_path"] else None), make
+
+
+@main.command()
+@serve_options
+@click.option("--find-max-rate", is_flag=True,
+              help="also search the largest rate whose requests meet the SLO")  # fmt: skip
+@click.option("--attainment", type=float, default=0.9, show_default=True,
+              help="--find-max-rate: share of requests that must meet the SLO")  # fmt: skip
+@click.option("--no-compare", is_flag=True,
+              help="skip the comparison runs (without reuse / speculation, colocated)")  # fmt: skip
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="write one row per request")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def serve(find_max_rate, attainment, no_compare, csv_path, as_json, **kw) -> None:
+    """Serve a stream of requests on ARCH: TTFT, TPOT, throughput and goodput under SLOs."""
+    from dataclasses import replace
+
+    from archsim.outputs import check_target, write_text
+    from archsim.serve import Server
+    from archsim.serve import find_max_rate as search
+    from archsim.serve import serve as run_serve
+    from archsim.serve.metrics import requests_csv
+    from archsim.serve.report import serve_table
+
+    if csv_path:
+        check_target(csv_path, "request table")
+    cfg, requests, make = _serve_setup(kw)
+    cfg = replace(cfg, compare=not no_compare)
+    report, jobs = run_serve(cfg, requests, Server(cfg))
+    report["workload"]["options"] = {
+        k: kw[k]
+        for k in ("trace_path", "rate", "requests", "arrival", "cv", "prompt_tokens",
+                  "output_tokens", "prefix_tokens", "prefix_groups", "turns", "think_s", "seed")
+    }  # fmt: skip
+    if find_max_rate:
+        if not 0 < attainment <= 1:
+            raise ArchsimError(f"--attainment must be within (0, 1], got {attainment}")
+        found = search(cfg, make, attainment=attainment, hi=kw["rate"])
+        report.update(found)
+    if csv_path:
+        write_text(csv_path, requests_csv(jobs, cfg.sched.slo_ttft_s, cfg.sched.slo_tpot_s),
+                   "request table")  # fmt: skip
+        click.echo(f"request table written to {csv_path}", err=True)
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        serve_table(report)
+
+
+@main.command("kv-tiers")
+@click.option("--tiers", "name", default="hgx-h100", show_default=True,
+              help="kv_tiers/NAME.yaml or a YAML path")  # fmt: skip
+@click.option("--arch", default=DEFAULT_ARCH, show_default=True,
+              help="the device tier: one chip of this preset ('none' to leave it out)")  # fmt: skip
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a key of --arch's config")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def kv_tiers(name, arch, overrides, as_json) -> None:
+    """The KV-cache hierarchy: each tier's capacity, bandwidth to the device and drain time."""
+    from archsim.serve.report import tiers_table
+    from archsim.serve.tiers import device_tier, load_tiers, tier_rows
+
+    h = load_tiers(name)
+    device = None if arch == "none" else device_tier(arch, list(overrides))
+    rows = tier_rows(h, device)
+    links = {k: v.model_dump() for k, v in h.links.items()}
+    if as_json:
+        doc = {"name": h.name, "description": h.description, "source": h.source,
+               "swap_tier": h.swap_tier, "tiers": rows, "links": links}  # fmt: skip
+        click.echo(json.dumps(_finite(doc), sort_keys=True))
+    else:
+        tiers_table(h.name, rows, links)
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no infinity: an unbounded capacity is written as null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 # ---- plot: roofline, breakdown, sweep (matplotlib, the `plot` extra) ----------------------
 @main.group(cls=click.Group)
 def plot() -> None:
-    """Figures: a run's roofline, machines' time breakdown, a sweep's columns."""
+    """Figures: a run's roofline, machines' time breakdown, a sweep's columns, a serving
+    curve."""
 
 
 @plot.command("roofline")
@@ -606,6 +941,31 @@ def plot_breakdown_cmd(archs, model, phase, batch, ctx, seq, precision, chips, l
     if not results:
         raise ArchsimError("no architecture could run this scenario; nothing to plot")
     click.echo(f"breakdown written to {plot_breakdown(results, out)}", err=True)
+
+
+@plot.command("serve")
+@serve_options
+@click.option("--rates", required=True, help="arrival rates to run, e.g. 1,2,4,8")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help=".png/.svg/.pdf")
+@click.option("--json", "as_json", is_flag=True, help="also print the points")
+def plot_serve_cmd(rates, out, as_json, **kw) -> None:
+    """TTFT, TPOT and end-to-end latency percentiles against the arrival rate."""
+    from dataclasses import replace
+
+    from archsim.plot import check_output, plot_serve, serve_curve
+
+    check_output(out)
+    try:
+        values = [float(x) for x in rates.split(",") if x.strip()]
+    except ValueError:
+        raise ArchsimError(f"--rates must be comma-separated numbers, got {rates!r}") from None
+    if not values or min(values) <= 0:
+        raise ArchsimError(f"--rates must be positive numbers, got {rates!r}")
+    cfg, _, make = _serve_setup(kw)
+    points = serve_curve(replace(cfg, compare=False), make, sorted(values))
+    click.echo(f"serving curve written to {plot_serve(points, out)}", err=True)
+    if as_json:
+        click.echo(json.dumps(points, sort_keys=True))
 
 
 @plot.command("sweep")

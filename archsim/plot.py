@@ -229,3 +229,46 @@ def plot_pareto(path: str | Path, x: str, y: str, out: str | Path, x_max: bool =
     path_out = _save(fig, out)
     plt.close(fig)
     return path_out, [rows[i] for i in front]
+
+
+# ---- serving curve: latency percentiles against arrival rate (archsim plot serve) ----------
+def serve_curve(cfg, make_requests, rates: list[float]) -> list[dict[str, Any]]:
+    """One serving run per arrival rate (the step model is shared): its TTFT, TPOT and
+    end-to-end percentiles and throughput."""
+    from archsim.serve import Server, serve
+
+    server = Server(cfg)
+    points = []
+    for rate in rates:
+        report, _ = serve(cfg, make_requests(rate), server)
+        points.append({
+            "rate": rate,
+            **{f"{m}_{p}": report[f"{m}_s"][p] for m in ("ttft", "tpot", "e2e")
+               for p in ("p50", "p90", "p99")},
+            "output_tokens_per_s": report["throughput"]["output_tokens_per_s"],
+            "slo_attainment": report["slo"]["attainment"],
+        })  # fmt: skip
+    return points
+
+
+def plot_serve(points: list[dict[str, Any]], out: str | Path) -> Path:
+    """Three panels (TTFT, TPOT, end to end): p50/p90/p99 in seconds against the rate."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    rates = [p["rate"] for p in points]
+    for ax, metric, title in zip(axes, ("ttft", "tpot", "e2e"),
+                                 ("time to first token", "time per output token",
+                                  "end to end"), strict=True):  # fmt: skip
+        for pct, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^:")):
+            ys = [p[f"{metric}_{pct}"] for p in points]
+            ax.plot(rates, [np.nan if y is None else y for y in ys], style, label=pct)
+        ax.set_yscale("log")
+        ax.set_xlabel("arrival rate (requests/s)")
+        ax.set_ylabel("seconds")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = _save(fig, out)
+    plt.close(fig)
+    return path
