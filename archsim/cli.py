@@ -216,6 +216,13 @@ def main() -> None:
     is_flag=True,
     help="print where the model was placed (families that place it: regions, wafers)",
 )
+@click.option(
+    "--routing-skew",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="MoE models: router imbalance (0 uniform; s > 0 Zipf popularity (e+1)^-s)",
+)
 def run(
     arch,
     model,
@@ -232,6 +239,7 @@ def run(
     perfetto_path,
     max_instructions,
     show_placement,
+    routing_skew,
 ) -> None:
     """Simulate one step of MODEL on ARCH."""
     from archsim.outputs import check_target
@@ -244,7 +252,7 @@ def run(
     scenario = _scenario(
         phase, batch, ctx, seq, precision, chips, layers, overrides, max_instructions
     )
-    result = simulate(arch, model, **scenario)
+    result = simulate(arch, model, routing_skew=routing_skew, **scenario)
     if trace_path:
         from archsim.trace import write_trace
 

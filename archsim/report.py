@@ -29,6 +29,12 @@ def _time(s: float | None) -> str:
     return f"{s * 1e6:.2f} us"
 
 
+def _expert_parallel(r: Result) -> str:
+    """The MoE layers' expert parallelism, where a plan has it (plan.ep > 1)."""
+    ep = r.meta.get("plan", {}).get("ep", 1)
+    return f"; experts over {ep} ranks, the hottest simulated" if ep > 1 else ""
+
+
 def result_table(r: Result) -> None:
     console = Console()
     t = Table(title=f"archsim {r.arch} · {r.model} · {r.phase}", show_header=False)
@@ -41,7 +47,7 @@ def result_table(r: Result) -> None:
             + (f"prompt {r.seq}" if r.phase == "prefill" else f"context {r.ctx}")
             + f", {r.precision}, layers {r.layers}",
         ),
-        ("chips", f"{r.chips} (tensor {r.tp} x pipeline {r.pp})"),
+        ("chips", f"{r.chips} (tensor {r.tp} x pipeline {r.pp}{_expert_parallel(r)})"),
         ("step time", f"{_time(r.seconds)}  ({r.cycles:,} cycles at {_si(r.clock_hz, 'Hz')})"),
         ("tokens/s (system)", f"{r.tokens_per_s:,.1f}"),
         ("tokens/s (per user)", f"{r.tokens_per_s_per_user:,.1f}"),
