@@ -16,7 +16,7 @@ from archsim.core.isa import Timing
 from archsim.core.jit import njit
 
 # opcodes (the order of lower.OPCODES)
-GEMM, ATTN_DECODE, ATTN_PREFILL, ELEMENTWISE, ALL_REDUCE, SEND_RECV, LAUNCH = range(7)
+GEMM, ATTN_DECODE, ATTN_PREFILL, ELEMENTWISE, ALL_REDUCE, SEND_RECV, LAUNCH, ALL_TO_ALL = range(8)
 
 
 class GpuTiming(NamedTuple):
@@ -499,7 +499,20 @@ def _one(
         t = q.gap + lat + link[i] / (q.so_bw if crosses_nodes else q.nvlink_bw)
     elif op == LAUNCH:
         t = q.eager_gemm_launch if aux[i] == 1 else q.eager_launch
+    elif op == ALL_TO_ALL:
+        t = all_to_all_seconds(float(k[i]), q.gap, q.ll_base, q.nvlink_bw)
     return t, tc
+
+
+@njit
+def all_to_all_seconds(busier_bytes, gap, base, bw):
+    """An all-to-all inside one NVLink domain (MoE dispatch/combine, all-gather,
+    reduce-scatter): each GPU sends to and receives from every peer at once through the
+    switch, so the busier direction's bytes over its NVLink bandwidth, plus a base latency
+    (NCCL's LL base, as for an all-reduce step)."""
+    if busier_bytes <= 0.0:
+        return gap + base
+    return gap + base + busier_bytes / bw
 
 
 # ---- glue: the config -> the kernels' arguments (plain Python) ------------------------------
