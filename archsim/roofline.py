@@ -111,7 +111,9 @@ def rule(
     overrides: dict[str, Any] | list[str] | None = None,
 ) -> tuple[float, list[Tier], str, int, int, float, str]:
     """(peak FLOP/s, tiers with their ridge points, the weights' tier, total and active
-    parameters, bytes per weight, family name) of ``model`` on ``arch``."""
+    parameters, bytes per weight, family name) of ``model`` on ``arch``. The weights' tier:
+    off-chip memory (HBM, LPDDR) where a step streams them from there, on-chip SRAM on a
+    machine without off-chip memory or whose weights stay in its compute units."""
     params = load_arch(arch, parse_overrides(overrides))
     family = get_family(params.family)
     spec = load_model(model)
@@ -125,7 +127,11 @@ def rule(
     ):
         if rate > 0:
             tiers.append(Tier(family.tiers[col], rate, peak.flops_per_s / rate))
-    weights = family.tiers["offchip_bytes" if peak.offchip_bytes_per_s > 0 else "onchip_bytes"]
+    # the tier a decode step streams the weights from: off-chip memory, or on-chip SRAM
+    # where there is none or where the weights stay in the compute units
+    on_chip = peak.offchip_bytes_per_s <= 0 or family.weight_stationary
+    weights = family.tiers["onchip_bytes" if on_chip and peak.onchip_bytes_per_s > 0 else
+                           "offchip_bytes"]  # fmt: skip
     return (
         peak.flops_per_s,
         tiers,
