@@ -217,6 +217,13 @@ def main() -> None:
     is_flag=True,
     help="print where the model was placed (families that place it: regions, wafers)",
 )
+@click.option(
+    "--routing-skew",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="MoE models: router imbalance (0 uniform; s > 0 Zipf popularity (e+1)^-s)",
+)
 def run(
     arch,
     model,
@@ -233,6 +240,7 @@ def run(
     perfetto_path,
     max_instructions,
     show_placement,
+    routing_skew,
 ) -> None:
     """Simulate one step of MODEL on ARCH."""
     from archsim.outputs import check_target
@@ -245,7 +253,7 @@ def run(
     scenario = _scenario(
         phase, batch, ctx, seq, precision, chips, layers, overrides, max_instructions
     )
-    result = simulate(arch, model, **scenario)
+    result = simulate(arch, model, routing_skew=routing_skew, **scenario)
     if trace_path:
         from archsim.trace import write_trace
 
@@ -879,6 +887,73 @@ def _finite(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+# ---- roofline: the critical batch of decode (archsim/roofline.py, docs/roofline.md) ------
+@main.command()
+@click.option("--arch", default=DEFAULT_ARCH, show_default=True, help="architecture preset")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="model name or path")
+@click.option("--precision", default="bf16", show_default=True,
+              help="bf16 | fp8 | int8 | int4 | w=..,a=..,kv=..")  # fmt: skip
+@click.option("--ctx", type=int, default=2048, show_default=True,
+              help="cached tokens each sequence attends over")  # fmt: skip
+@click.option("--layers", default="all", show_default=True,
+              help="'all' (whole model) or N decoder layers")  # fmt: skip
+@click.option(
+    "--chips",
+    default="auto",
+    show_default=True,
+    help="chips of every sweep point ('auto': the fewest that hold the largest batch)",
+)
+@click.option(
+    "--max-batch",
+    type=int,
+    default=None,
+    help="largest batch of the sweep (default: 4 x the rule's batch, a power of 2)",
+)
+@click.option(
+    "--rise",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="the knee: where the step time is this fraction above its batch-1 floor",
+)
+@click.option("--routing-skew", type=float, default=0.0, show_default=True,
+              help="MoE models: router imbalance (0 uniform; s > 0 Zipf (e+1)^-s)")  # fmt: skip
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override an arch config key")  # fmt: skip
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="also draw step time and tokens/s vs batch (.png/.svg/.pdf)")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def roofline(arch, model, precision, ctx, layers, chips, max_batch, rise, routing_skew,
+             overrides, plot_path, as_json) -> None:  # fmt: skip
+    """The critical batch of decode: each memory tier's ridge point, the rule's batch
+    (ridge x total / active parameters) and the knee the cycle model finds by sweeping the
+    batch."""
+    from archsim.report import critical_batch_table
+    from archsim.roofline import critical_batch
+
+    if plot_path:
+        from archsim.plot import check_output
+
+        check_output(plot_path)
+
+    def progress(b: int) -> None:
+        click.echo(f"decode batch {b} ...", err=True)
+
+    cb = critical_batch(
+        arch, model, precision=precision, ctx=ctx, layers=_layers(layers), chips=chips,
+        overrides=list(overrides), max_batch=max_batch, rise=rise, routing_skew=routing_skew,
+        progress=progress,
+    )  # fmt: skip
+    if plot_path:
+        from archsim.plot import plot_critical_batch
+
+        click.echo(f"roofline sweep plot written to {plot_critical_batch(cb, plot_path)}", err=True)
+    if as_json:
+        click.echo(json.dumps(cb.to_dict(), sort_keys=True))
+    else:
+        critical_batch_table(cb)
 
 
 # ---- plot: roofline, breakdown, sweep (matplotlib, the `plot` extra) ----------------------

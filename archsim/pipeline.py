@@ -147,14 +147,19 @@ def simulate(
     chips: int | str | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
     max_instructions: int = DEFAULT_MAX_INSTRUCTIONS,
+    routing_skew: float = 0.0,
 ) -> Result:
     """Simulate one step. ``layers=None``: whole model; ``layers=N``: N decoder layers only.
     ``chips=None`` or ``"auto"``: the fewest chips that hold the model. A step whose stream
-    the family estimates above ``max_instructions`` is refused before it is lowered."""
+    the family estimates above ``max_instructions`` is refused before it is lowered.
+    ``routing_skew``: a mixture-of-experts router's imbalance (0 uniform; s > 0 a Zipf law of
+    exponent s over the experts, archsim/graph/moe.py)."""
     params = load_arch(arch, parse_overrides(overrides))
     spec = model if isinstance(model, ModelSpec) else load_model(model)
     prec = precision if isinstance(precision, Precision) else Precision.parse(precision)
-    sc = Scenario(phase=phase, batch=batch, seq=seq, ctx=ctx, precision=prec)
+    sc = Scenario(
+        phase=phase, batch=batch, seq=seq, ctx=ctx, precision=prec, routing_skew=routing_skew
+    )
     family = get_family(params.family)
 
     g = build_graph(spec, sc, layers)

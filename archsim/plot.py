@@ -272,3 +272,39 @@ def plot_serve(points: list[dict[str, Any]], out: str | Path) -> Path:
     path = _save(fig, out)
     plt.close(fig)
     return path
+
+
+def plot_critical_batch(cb, out: str | Path) -> Path:
+    """Decode step time and system tokens/s against batch from an ``archsim roofline`` sweep
+    (an archsim.roofline.CriticalBatch), the rule's critical batch and the cycle model's
+    knee marked."""
+    plt = _pyplot()
+    ran = [p for p in cb.points if p.seconds is not None]
+    if not ran:
+        raise ArchsimError("the roofline sweep has no point to plot")
+    batch = np.array([p.batch for p in ran], dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.loglog(batch, [p.period_s * 1e3 for p in ran], "o-", color="C0", label="step time")
+    if any(p.seconds > p.period_s * (1 + 1e-9) for p in ran):  # pipelined: latency apart
+        ax.loglog(batch, [p.seconds * 1e3 for p in ran], ".:", color="C0", alpha=0.6,
+                  label="latency")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (sequences per decode step)")
+    ax.set_ylabel("step time: period between steps (ms)", color="C0")
+    right = ax.twinx()
+    right.loglog(batch, [p.tokens_per_s for p in ran], "s--", color="C1", label="tokens/s")
+    right.set_xscale("log", base=2)
+    right.set_ylabel("system tokens/s", color="C1")
+    ax.axvline(cb.rule_batch, color="C3", lw=1.2,
+               label=f"rule: {cb.rule_batch:,.0f} (ridge {cb.ridge:.0f} x sparsity "
+                     f"{cb.sparsity:.1f})")  # fmt: skip
+    if cb.knee_batch is not None:
+        ax.axvline(cb.knee_batch, color="C2", lw=1.2, ls=":",
+                   label=f"knee: {cb.knee_batch:,.0f} (+{cb.rise:.0%} over the floor)")  # fmt: skip
+    ax.set_title(f"{cb.arch} · {cb.model} · decode ctx {cb.ctx} · {cb.precision} · "
+                 f"{cb.chips} chips")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    path = _save(fig, out)
+    plt.close(fig)
+    return path

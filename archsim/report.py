@@ -29,6 +29,12 @@ def _time(s: float | None) -> str:
     return f"{s * 1e6:.2f} us"
 
 
+def _expert_parallel(r: Result) -> str:
+    """The MoE layers' expert parallelism, where a plan has it (plan.ep > 1)."""
+    ep = r.meta.get("plan", {}).get("ep", 1)
+    return f"; experts over {ep} ranks, the hottest simulated" if ep > 1 else ""
+
+
 def result_table(r: Result) -> None:
     console = Console()
     t = Table(title=f"archsim {r.arch} · {r.model} · {r.phase}", show_header=False)
@@ -41,7 +47,7 @@ def result_table(r: Result) -> None:
             + (f"prompt {r.seq}" if r.phase == "prefill" else f"context {r.ctx}")
             + f", {r.precision}, layers {r.layers}",
         ),
-        ("chips", f"{r.chips} (tensor {r.tp} x pipeline {r.pp})"),
+        ("chips", f"{r.chips} (tensor {r.tp} x pipeline {r.pp}{_expert_parallel(r)})"),
         ("step time", f"{_time(r.seconds)}  ({r.cycles:,} cycles at {_si(r.clock_hz, 'Hz')})"),
         ("tokens/s (system)", f"{r.tokens_per_s:,.1f}"),
         ("tokens/s (per user)", f"{r.tokens_per_s_per_user:,.1f}"),
@@ -158,3 +164,44 @@ def kernel_table(r) -> None:
     for k, v in rows:
         t.add_row(k, v)
     Console().print(t)
+
+
+def critical_batch_table(cb) -> None:
+    """``archsim roofline``: the rule (ridge points, sparsity, critical batch), the knee, and
+    the sweep's points."""
+    console = Console()
+    t = Table(title=f"archsim roofline {cb.arch} · {cb.model} · decode", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    rows = [
+        ("scenario", f"context {cb.ctx}, {cb.precision}, layers {cb.layers}, {cb.chips} chips"),
+        ("peak compute", _si(cb.peak_flops_per_s, "FLOP/s") + " per chip"),
+    ]
+    rows += [
+        (f"ridge ({tier.name})", f"{tier.ridge_flops_per_byte:,.1f} FLOP/B  "
+         f"({_si(tier.bytes_per_s, 'B/s')})")
+        for tier in cb.tiers
+    ]  # fmt: skip
+    rows += [
+        ("parameters", f"{cb.params_total / 1e9:.2f} B total, {cb.params_active / 1e9:.2f} B "
+         f"active (sparsity {cb.sparsity:.2f})"),
+        ("rule's critical batch", f"{cb.rule_batch:,.0f}  (ridge of {cb.weight_tier} x "
+         f"{cb.weight_bytes_per_param:g} B/2 per weight x sparsity)"),
+        ("step period floor (batch 1)", _time(cb.floor_s)),
+        ("knee (cycle model)", "not reached by batch " + f"{cb.max_batch_run}"
+         if cb.knee_batch is None else f"{cb.knee_batch:,.0f}  (step time +{cb.rise:.0%}, "
+         f"{_time(cb.knee_s)})"),
+    ]  # fmt: skip
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    s = Table(title="decode step vs batch")
+    for col in ("batch", "latency", "step period", "x floor", "tokens/s", "bound"):
+        s.add_column(col, justify="right" if col != "bound" else "left")
+    for p in cb.points:
+        if p.seconds is None:
+            s.add_row(str(p.batch), "-", "-", "-", "-", p.error or "")
+            continue
+        s.add_row(str(p.batch), _time(p.seconds), _time(p.period_s),
+                  f"{p.period_s / cb.floor_s:.2f}", f"{p.tokens_per_s:,.0f}", p.bound)  # fmt: skip
+    console.print(s)

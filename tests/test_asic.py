@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,24 +140,16 @@ def test_admission_refuses_what_the_silicon_lacks(override, precision, named):
     assert "\n" not in msg and msg.startswith("etched-like cannot run ") and named in msg
 
 
-def _moe_graph(layers: int, sc: Scenario):
-    """Mixtral's layers as the graph builder makes them today (a dense FFN: it refuses MoE
-    models for every family), carrying the MoE spec the admission reads."""
-    spec = load_model("mixtral-8x7b")
-    g = build_graph(replace(spec, moe=None), sc, layers=layers)
-    g.graph["model"] = spec
-    return g
-
-
 def test_moe_routing_is_refused_unless_the_host_routes_it():
-    """Refused by default (layer 0's FFN named); with admission.moe_host_fallback each MoE
-    layer pays a PCIe round trip before its FFN: decode batch 4 sends 4 x (4,096 x 2 B
+    """Refused by default (layer 0's router named); with admission.moe_host_fallback each MoE
+    layer pays a PCIe round trip at its router: decode batch 4 sends 4 x (4,096 x 2 B
     hidden + 2 experts x 8 B ids and gates) = 32,832 B at 42.67 B/cycle (64 GB/s at
-    1.5 GHz) = 770 cycles, plus the 10 us round trip = 15,000 cycles; the FFN waits for it."""
+    1.5 GHz) = 770 cycles, plus the 10 us round trip = 15,000 cycles; the experts wait for
+    it."""
     fam = get_family("etched-like")
     sc = Scenario(phase="decode", batch=4, ctx=64, precision=Precision.parse("fp8"))
-    g = _moe_graph(2, sc)
-    with pytest.raises(UnsupportedOpError, match=r"L0.gate_up_proj .*moe_host_fallback"):
+    g = build_graph(load_model("mixtral-8x7b"), sc, layers=2)
+    with pytest.raises(UnsupportedOpError, match=r"L0.router .*moe_host_fallback"):
         fam.check_graph(g, load_arch("etched-like"))
     p = load_arch("etched-like", {"admission.moe_host_fallback": True})
     fam.check_graph(g, p)
@@ -169,8 +160,8 @@ def test_moe_routing_is_refused_unless_the_host_routes_it():
     assert len(host) == 2
     assert list(timing.work[host]) == [770, 770] and list(timing.latency[host]) == [15000] * 2
     tl = simulate_stream(stream, timing)
-    gate_up = [i for i in range(len(stream)) if stream.op_names[stream.op[i]] == "L0.gate_up_proj"]
-    assert tl.start[gate_up[0]] >= tl.end[host[0]]
+    experts = [i for i in range(len(stream)) if stream.op_names[stream.op[i]] == "L0.experts"]
+    assert tl.start[experts[0]] >= tl.end[host[0]]
 
 
 def test_tensor_parallel_all_reduce_over_the_server_links():

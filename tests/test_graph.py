@@ -95,10 +95,17 @@ def test_one_layer_graph():
     assert "embed" not in g and "lm_head" not in g
 
 
-def test_moe_refused_cleanly():
-    """MoE models parse but are refused with a ModelError until MoE simulation lands."""
-    with pytest.raises(ModelError, match="mixture-of-experts"):
-        build_graph(load_model("mixtral-8x7b"), Scenario())
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "deepseek-v3"])
+def test_moe_and_mla_graph_params_equal_formula(name):
+    """MoE and MLA models build, and their ops own exactly the model's parameters."""
+    spec = load_model(name)
+    assert graph_totals(build_graph(spec, Scenario())).params == param_count(spec)
+
+
+def test_context_beyond_the_model_is_refused():
+    """A context longer than the model's positions is a ModelError."""
+    with pytest.raises(ModelError, match="max_position_embeddings"):
+        build_graph(load_model("mixtral-8x7b"), Scenario(ctx=40_000))
 
 
 def test_op_roles_for_breakdowns():

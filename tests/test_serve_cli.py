@@ -104,7 +104,7 @@ def test_trace_jsonl_and_csv_agree(tmp_path):
         (["--chips", "two"], "--chips"),
         (["--kv-precision", "fp5"], "--kv-precision"),
         (["--kv-compression", "0.5"], "--kv-compression"),
-        (["--model", "deepseek-v3"], "mixture-of-experts"),
+        (["--model", "nope"], "unknown model"),
         (["--kv-link", "carrier-pigeon", "--prefill-arch", "h100-like"], "unknown link"),
         (["--find-max-rate"], "--slo-ttft"),
     ],

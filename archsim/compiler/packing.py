@@ -9,6 +9,14 @@ must hold its share of its stage's weights and KV cache plus the working activat
 Auto (``chips=None``): for each tensor degree, the fewest stages a greedy first-fit packing
 needs; the fewest chips overall wins (ties: the larger tensor degree, lower latency); then
 the ops are re-cut into that many stages with the smallest largest stage (balanced pipeline).
+
+Mixture of experts: an MoE layer's routed experts are cut, like any wide op, into slices of
+whole experts that land on successive stages; the slices do not depend on each other, so
+they run side by side on their stages — expert parallelism at the grain of a stage (a
+tensor group splits each slice's experts by width). The router's stage dispatches to each
+slice's stage the hidden states of the tokens that may reach it, and each slice returns its
+outputs to the stage of the residual add (``all_to_all`` ops, one per pair of stages).
+``plan.ep`` is the number of expert slices of an MoE layer.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ import networkx as nx
 from archsim.compiler.partition import memory_need, shard
 from archsim.core.errors import CapacityError, ScenarioError
 from archsim.core.plan import Plan
-from archsim.graph.build import ELEM_BYTES, ops_in_order
+from archsim.graph.build import ELEM_BYTES, expert_ffn_part, ops_in_order
 from archsim.graph.model import ModelSpec
-from archsim.graph.ops import Op, OpKind
+from archsim.graph.moe import rank_blocks
+from archsim.graph.ops import A2A_COMBINE, A2A_DISPATCH, Op, OpKind
 from archsim.graph.scenario import Scenario
 
 # ops wider than 1/PACKING_GRAIN of a chip are cut into output slices of about that size, so
@@ -40,7 +49,14 @@ PACKING_SLACK = 0.08
 ChipBytes = Callable[[Op, int, float], float]
 
 # the dimension each tensor-split role is sliced along when an op is cut across stages
-_SPLIT_DIM = {"column": "n", "vocab": "vocab", "row": "k", "heads": "batch", "state_heads": "batch"}
+_SPLIT_DIM = {
+    "column": "n",
+    "vocab": "vocab",
+    "row": "k",
+    "heads": "batch",
+    "state_heads": "batch",
+    "experts": "experts",
+}
 
 
 def _chunk(op: Op, parts: int, j: int) -> Op:
@@ -48,6 +64,16 @@ def _chunk(op: Op, parts: int, j: int) -> Op:
     columns (column), vocabulary rows (vocab), sequences (attention and SSM scans: each slice
     holds the KV cache or the recurrent state of its sequences) or the contraction (row: slices
     before the last emit partial sums that the next slice accumulates)."""
+    if op.kind == OpKind.EXPERT_FFN:  # whole experts: a contiguous block of them
+        first, stop = rank_blocks(op.dim("experts"), parts)[j]
+        start = op.experts.first
+        return expert_ffn_part(op, start + first, start + stop, f"{op.id}.c{j}")
+    if op.kind == OpKind.MLA_ATTENTION:  # a slice of the sequences needs every head's weights
+        return replace(_slice(op, parts, j), params=op.params, weight_bytes=op.weight_bytes)
+    return _slice(op, parts, j)
+
+
+def _slice(op: Op, parts: int, j: int) -> Op:
     key = _SPLIT_DIM[op.tp_role]
     full = op.dim(key)
     width = full // parts + (1 if j < full % parts else 0)  # parts <= full
@@ -85,7 +111,8 @@ def wide_op_chunks(
         b = size(op, tp, wb)
         if op.tp_role in _SPLIT_DIM and b > cap / grain:
             width = op.dim(_SPLIT_DIM[op.tp_role])
-            most = width if op.tp_role in ("heads", "state_heads") else max(1, width // tp)
+            whole = ("heads", "state_heads", "experts")
+            most = width if op.tp_role in whole else max(1, width // tp)
             out[op.id] = min(math.ceil(b / (cap / grain)), most)
     return out
 
@@ -128,6 +155,12 @@ def chip_bytes(op: Op, tp: int, wb: float) -> float:
     if op.kind == OpKind.ATTENTION:
         kvh = op.dim("kv_heads")
         return op.kv_read_bytes * max(1, kvh // tp) / kvh
+    if op.kind == OpKind.MLA_ATTENTION:  # the latent cache on every chip, the heads' weights split
+        heads = op.dim("heads")
+        return op.kv_read_bytes + op.params * wb * math.ceil(heads / tp) / heads
+    if op.kind == OpKind.EXPERT_FFN:  # every expert of the slice, its width split
+        width = op.dim("k")
+        return op.params * wb * math.ceil(width / tp) / width
     if op.kind == OpKind.SSM_SCAN:
         heads = op.dim("heads")
         return (op.state_write_bytes + op.params * wb) * math.ceil(heads / tp) / heads
@@ -283,6 +316,8 @@ def plan_sram(
             f"holds {capacity_bytes / 1e6:.1f} MB"
         )
     mb = -(-sc.batch // min(sc.batch, pp))  # one micro-batch per stage, as far as they go
+    first_ids = [ops[i].id for i in starts]
+    _, expert_stages = merge_expert_slices(g, chunks, first_ids)
     return Plan(
         tp=tp,
         pp=pp,
@@ -292,11 +327,69 @@ def plan_sram(
         micro_batch=mb,
         micro_batches=-(-sc.batch // mb),
         extra={
-            "stage_first_op": [ops[i].id for i in starts],
+            "stage_first_op": first_ids,
             "op_chunks": chunks,
             "fullest_chip_bytes": capacity_bytes - cap + fullest,
         },
+        ep=max(expert_stages.values(), default=1),
     )
+
+
+def merge_expert_slices(
+    g: nx.DiGraph, chunks: dict[str, int], first_ids: list[str]
+) -> tuple[nx.DiGraph, dict[str, int]]:
+    """The graph split as ``chunks`` says, with the slices of one expert op that landed on
+    the same stage (stages start at ``first_ids``) merged into one op of their contiguous
+    experts: one grouped GEMM, one dispatch, one all-reduce and one combine per stage.
+    Also returns, per expert op, the stages its experts span (its expert parallelism)."""
+    split = split_wide_ops(g, chunks)
+    first, stage = set(first_ids), -1
+    runs: dict[tuple[str, int], list[Op]] = {}
+    for op in ops_in_order(split):
+        stage += op.id in first
+        if op.kind == OpKind.EXPERT_FFN and op.id not in g:
+            parent = op.id.rsplit(".c", 1)[0]
+            runs.setdefault((parent, stage), []).append(op)
+    spans: dict[str, int] = {}
+    for parent, _ in runs:
+        spans[parent] = spans.get(parent, 0) + 1
+    if all(len(r) == 1 for r in runs.values()):
+        return split, spans
+    alias: dict[str, str] = {n: n for n in split.nodes}
+    merged: dict[str, Op] = {}
+    for (parent, _), run in runs.items():
+        head = run[0]
+        lo, hi = run[0].experts.first, run[-1].experts.first + run[-1].experts.experts
+        merged[head.id] = expert_ffn_part(g.nodes[parent]["op"], lo, hi, head.id)
+        for op in run:
+            alias[op.id] = head.id
+    out = nx.DiGraph(**split.graph)
+    for node in split.nodes:
+        if alias[node] == node:
+            out.add_node(node, op=merged.get(node, split.nodes[node]["op"]))
+    for a, b in split.edges:
+        if alias[a] != alias[b]:
+            out.add_edge(alias[a], alias[b])
+    return out, spans
+
+
+def _a2a(src: Op, dst: Op, dst_stage: int, pattern: int, nbytes: float) -> Op:
+    """One pair of stages' part of an MoE dispatch or combine: the hidden states of the tokens
+    that may reach an expert slice, or the slice's outputs back."""
+    name = src.id if pattern == A2A_COMBINE else dst.id
+    what = "combine" if pattern == A2A_COMBINE else "dispatch"
+    return Op(
+        id=f"{name}.{what}_s{dst_stage}",
+        kind=OpKind.ALL_TO_ALL,
+        layer=src.layer,
+        shape={"m": dst.dim("out_rows") if pattern == A2A_DISPATCH else src.dim("out_rows"),
+               "n": src.dim("n"), "dst_stage": dst_stage, "pattern": pattern,
+               "recv_bytes": round(nbytes), "ranks": 2},
+        link_bytes=nbytes,
+        act_in_bytes=nbytes,
+        act_out_bytes=nbytes,
+        stage=src.stage,
+    )  # fmt: skip
 
 
 def _send(src: Op, dst_stage: int) -> Op:
@@ -313,13 +406,25 @@ def _send(src: Op, dst_stage: int) -> Op:
     )
 
 
+def _hop(src: Op, producer: Op, dst: Op, stage: int) -> Op:
+    """What crosses from ``src``'s stage to ``dst``'s: an MoE dispatch into an expert slice
+    (the hidden states and routing of the tokens that may reach it), a combine out of one
+    (its outputs), or the producer's output (a send)."""
+    if dst.kind == OpKind.EXPERT_FFN and producer.kind == OpKind.ROUTER:
+        return _a2a(src, dst, stage, A2A_DISPATCH, dst.act_in_bytes)
+    if producer.kind == OpKind.EXPERT_FFN:  # (its all-reduce, if any, carries the same)
+        return _a2a(src, dst, stage, A2A_COMBINE, src.act_out_bytes)
+    return _send(src, stage)
+
+
 def _all_reduce(op: Op, tp: int) -> Op:
-    nbytes = op.dim("m") * op.dim("n") * ELEM_BYTES
+    rows = op.dim("out_rows") if op.kind == OpKind.EXPERT_FFN else op.dim("m")
+    nbytes = rows * op.dim("n") * ELEM_BYTES
     return Op(
         id=f"{op.id}.all_reduce",
         kind=OpKind.ALL_REDUCE,
         layer=op.layer,
-        shape={"m": op.dim("m"), "n": op.dim("n")},
+        shape={"m": rows, "n": op.dim("n")},
         link_bytes=nbytes,
         act_in_bytes=nbytes,
         act_out_bytes=nbytes,
@@ -331,7 +436,7 @@ def _all_reduce(op: Op, tp: int) -> Op:
 def partition_sram(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
     """The graph chip 0 of each stage runs: sharded ops, all-reduces inside a tensor group and
     a direct send from a producer's stage to each later stage that consumes it."""
-    g = split_wide_ops(g, plan.extra.get("op_chunks", {}))
+    g, _ = merge_expert_slices(g, plan.extra.get("op_chunks", {}), plan.extra["stage_first_op"])
     first = set(plan.extra["stage_first_op"])
     out = nx.DiGraph(**g.graph, plan=plan)
     carrier: dict[str, str] = {}  # op id -> node that now carries its output
@@ -344,14 +449,14 @@ def partition_sram(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
             src = carrier[pred]
             src_op: Op = out.nodes[src]["op"]
             if src_op.stage != stage:
-                hop = _send(src_op, stage)
+                hop = _hop(src_op, g.nodes[pred]["op"], local, stage)
                 if hop.id not in out:
                     out.add_node(hop.id, op=hop)
                     out.add_edge(src, hop.id)
                 src = hop.id
             out.add_edge(src, op.id)
         carrier[op.id] = op.id
-        if plan.tp > 1 and op.tp_role in ("row", "vocab") and not op.dim("partial"):
+        if plan.tp > 1 and op.tp_role in ("row", "vocab", "experts") and not op.dim("partial"):
             ar = _all_reduce(local, plan.tp)
             out.add_node(ar.id, op=ar)
             out.add_edge(op.id, ar.id)

@@ -7,6 +7,22 @@ heads (KV heads are replicated when there are fewer than chips); the embedding i
 vocabulary rows and all-reduced. Pipeline parallelism gives each stage a contiguous run of
 decoder layers (the embedding joins the first stage, the final norm and lm_head the last)
 and sends the [tokens, hidden] activations from one stage to the next.
+
+Mixture of experts. ``plan.ep == 1``: each routed expert is split like a dense FFN (its width
+over the chips; one all-reduce after the experts, one after the shared experts). ``plan.ep``
+> 1 (= tp): expert parallelism with a sequence-parallel MoE block, as Megatron-Core's
+all-to-all token dispatcher runs it (and DeepSeek-V3's prefill, arXiv:2412.19437 section
+3.4.1): the o_proj partial sums are reduce-scattered so that each chip owns T/ep of the T
+tokens; each chip normalises and routes its tokens, dispatches each to the chips holding its
+experts (all-to-all), runs the grouped GEMMs of its E/ep experts over the rows it received,
+returns the outputs to the tokens' owners (all-to-all), adds its shared experts (replicated
+weights) and the residual for its tokens, and all-gathers the layer output for the next
+tensor-parallel attention. Attention stays tensor-parallel (MLA's latent cache, one per
+token, is replicated on every chip). The chips of a stage are no longer symmetric: the
+partitioned graph is the hottest rank (archsim.graph.moe.hottest_rank: the most rows on its
+experts), the one every other rank waits for at the combine; its time is the step's. Byte
+and FLOP totals multiplied by the ranks are then exact for uniform routing and an upper
+bound for a skewed one.
 """
 
 from __future__ import annotations
@@ -18,11 +34,44 @@ import networkx as nx
 
 from archsim.core.errors import CapacityError, ScenarioError
 from archsim.core.plan import MemoryNeed, Plan
-from archsim.graph.build import ELEM_BYTES
+from archsim.graph.build import ELEM_BYTES, expert_ffn_part
 from archsim.graph.model import ModelSpec
-from archsim.graph.ops import Op, OpKind
+from archsim.graph.moe import hottest_rank, rank_blocks, rank_traffic, tokens_owned
+from archsim.graph.ops import (
+    A2A_ALL_GATHER,
+    A2A_COMBINE,
+    A2A_DISPATCH,
+    A2A_REDUCE_SCATTER,
+    Op,
+    OpKind,
+)
 from archsim.graph.scenario import Scenario
 from archsim.graph.totals import kv_bytes_per_token
+
+ATTENTION_KINDS = (OpKind.ATTENTION, OpKind.MLA_ATTENTION)
+# ops of an expert-parallel MoE layer that run on the tokens a chip owns (sequence parallel)
+SEQUENCE_PARALLEL_ROLES = frozenset(
+    {"attn_residual", "ffn_norm", "router", "shared_gate_up", "shared_act", "shared_down",
+     "ffn_residual"}
+)  # fmt: skip
+
+
+def expert_parallel_degree(spec: ModelSpec | None, tp: int) -> int:
+    """Expert parallelism over the ``tp`` chips of a stage for an MoE model whose experts
+    divide evenly among them; 1 otherwise (experts tensor-split)."""
+    if spec is None or spec.moe is None or tp == 1 or spec.moe.num_experts % tp:
+        return 1
+    return tp
+
+
+def replicated_on_chip(op: Op, ep: int) -> bool:
+    """Whether every chip of the stage holds the op's weights whole: the replicated ops
+    that own weights (MLA's down-projections, the router; RMSNorm gains stay counted as
+    split, as they always were: they are a few KB), and under expert parallelism the
+    shared experts, which each chip runs on its own tokens."""
+    if op.params and op.tp_role == "replicated" and op.kind != OpKind.NORM:
+        return True
+    return ep > 1 and op.role in SEQUENCE_PARALLEL_ROLES and op.kind == OpKind.MATMUL
 
 
 def split_layers(n_layers: int, pp: int) -> tuple[tuple[int, int], ...]:
@@ -56,7 +105,8 @@ def memory_need(g: nx.DiGraph) -> MemoryNeed:
         kv = kv_tokens * per_layer * sum(o.kind == OpKind.ATTENTION for o in ops)
     state = sum(o.state_write_bytes for o in ops)
     widest = max(
-        (o.act_in_bytes + o.act_out_bytes for o in ops if o.kind != OpKind.ATTENTION), default=0.0
+        (o.act_in_bytes + o.act_out_bytes for o in ops if o.kind not in ATTENTION_KINDS),
+        default=0.0,
     )
     logits = 4.0 * sc.batch * spec.vocab_size if g.graph.get("whole_model") else 0.0
     return MemoryNeed(
@@ -65,26 +115,38 @@ def memory_need(g: nx.DiGraph) -> MemoryNeed:
 
 
 def _stage_need(
-    g: nx.DiGraph, stage_layers: tuple[tuple[int, int], ...], tp: int, need: MemoryNeed
+    g: nx.DiGraph,
+    stage_layers: tuple[tuple[int, int], ...],
+    tp: int,
+    need: MemoryNeed,
+    ep: int = 1,
 ) -> float:
-    """Bytes the fullest chip must hold: its stage's weights, KV and recurrent state / tp,
-    plus activations."""
+    """Bytes the fullest chip must hold: its stage's weights, KV and recurrent state / tp
+    (whole where every chip holds them: replicated weights, MLA's latent cache), plus
+    activations."""
     sc: Scenario = g.graph["scenario"]
     n_layers = sum(stop - first for first, stop in stage_layers)
     ops = [d["op"] for _, d in g.nodes(data=True)]
-    n_attn = sum(o.kind == OpKind.ATTENTION for o in ops)
+    n_attn = sum(o.kind in ATTENTION_KINDS for o in ops)
     worst = 0.0
     for s, (first, stop) in enumerate(stage_layers):
-        params, attn, state = 0, 0, 0.0
+        params, whole, attn, latent, state = 0, 0, 0, 0, 0.0
         for o in ops:
             owner = 0 if o.layer < 0 else (len(stage_layers) - 1 if o.layer >= n_layers else None)
             if owner == s or (owner is None and first <= o.layer < stop):
-                params += o.params
+                if replicated_on_chip(o, ep):
+                    whole += o.params
+                else:
+                    params += o.params
                 attn += o.kind == OpKind.ATTENTION
+                latent += o.kind == OpKind.MLA_ATTENTION
                 state += o.state_write_bytes
         # the stage's share of the KV cache: its attention layers (every layer of a dense model)
         kv = need.kv_bytes * attn / max(n_attn, 1)
-        worst = max(worst, (params * sc.precision.weight_bytes + kv + state) / tp + need.act_bytes)
+        kv_whole = need.kv_bytes * latent / max(n_attn, 1)
+        wb = sc.precision.weight_bytes
+        chip = (params * wb + kv + state) / tp + whole * wb + kv_whole + need.act_bytes
+        worst = max(worst, chip)
     return worst
 
 
@@ -112,10 +174,16 @@ def plan_memory_bound(
 
     def plan_for(tp: int, pp: int) -> tuple[Plan, float]:
         stages = split_layers(n_layers, pp)
+        ep = expert_parallel_degree(spec, tp)
         plan = Plan(
-            tp=tp, pp=pp, stage_layers=stages, need=need, capacity_bytes_per_chip=capacity_bytes
+            tp=tp,
+            pp=pp,
+            stage_layers=stages,
+            need=need,
+            capacity_bytes_per_chip=capacity_bytes,
+            ep=ep,
         )
-        return plan, _stage_need(g, stages, tp, need)
+        return plan, _stage_need(g, stages, tp, need, ep)
 
     if chips is not None:
         if chips <= 0:
@@ -215,7 +283,112 @@ def shard(op: Op, tp: int) -> Op:
         vocab = math.ceil(op.dim("vocab") / tp)
         out = _scaled(op, vocab / op.dim("vocab"), vocab=vocab)
         return replace(out, act_out_bytes=op.act_out_bytes, group=tp)
+    if op.tp_role == "experts":
+        # every routed expert split like a dense FFN: its width over the chips; each chip
+        # reads all the routed rows and writes partial sums of every token (all-reduced)
+        width = math.ceil(op.dim("k") / tp)
+        out = _scaled(op, width / op.dim("k"), k=width)
+        return replace(out, act_in_bytes=op.act_in_bytes, act_out_bytes=op.act_out_bytes, group=tp)
     raise ValueError(f"unknown tp_role {op.tp_role!r} of {op.id}")
+
+
+def token_share(op: Op, own: int, tokens: int, group: int) -> Op:
+    """The op on the ``own`` of ``tokens`` tokens a chip owns in a sequence-parallel block:
+    rows, FLOPs and activations in proportion; weights whole (every chip holds them)."""
+    f = own / tokens
+    return replace(
+        op,
+        shape={**op.shape, "m": own},
+        flops=op.flops * f,
+        act_in_bytes=op.act_in_bytes * f,
+        act_out_bytes=op.act_out_bytes * f,
+        group=group,
+    )
+
+
+def a2a_op(
+    op_id: str, src: Op, pattern: int, rows: int, sent: float, received: float, ranks: int
+) -> Op:
+    """An all-to-all of ``sent`` bytes out of and ``received`` bytes into this chip (the
+    busier direction sets its time on links that carry both at once)."""
+    return Op(
+        id=op_id,
+        kind=OpKind.ALL_TO_ALL,
+        layer=src.layer,
+        shape={
+            "m": rows,
+            "n": src.dim("n"),
+            "ranks": ranks,
+            "pattern": pattern,
+            "recv_bytes": round(received),
+        },
+        link_bytes=sent,
+        act_in_bytes=sent,
+        act_out_bytes=received,
+        stage=src.stage,
+        group=ranks,
+    )
+
+
+class ExpertParallelLayer:
+    """How the hottest rank of an ``ep``-chip group runs one MoE layer: the tokens it owns,
+    the experts it holds with the rows they get, and the bytes of each collective.
+
+    Hand counts (tests/test_moe.py): the dispatch sends each owned token's hidden state
+    once to each other rank holding one of its experts; the rank receives from the tokens
+    the others own those that pick one of its experts; the combine moves them back in bf16."""
+
+    def __init__(self, experts: Op, spec: ModelSpec, sc: Scenario, ep: int) -> None:
+        load = experts.experts
+        self.ep, self.spec, self.sc = ep, spec, sc
+        self.tokens = load.tokens
+        self.rank = hottest_rank(load, ep)
+        self.traffic = rank_traffic(load, ep, self.rank)
+        self.own = tokens_owned(self.tokens, ep, self.rank)
+        a, b = rank_blocks(load.num_experts, ep)[self.rank]
+        self.first_expert, self.stop_expert = a, b
+
+    def hidden_bytes(self, dtype_bytes: float) -> float:
+        return self.spec.hidden_size * dtype_bytes
+
+    def experts_op(self, op: Op) -> Op:
+        """The rank's experts over the rows every rank sends them (its own tokens included);
+        it reads the hidden state of each token that reached it and writes one partial sum
+        per such token."""
+        return replace(expert_ffn_part(op, self.first_expert, self.stop_expert), group=self.ep)
+
+    def dispatch(self, router: Op) -> Op:
+        t, ab = self.traffic, self.sc.precision.act_bytes
+        return a2a_op(
+            f"{router.id}.dispatch", router, A2A_DISPATCH, self.own,
+            t.sent * self.hidden_bytes(ab), t.received * self.hidden_bytes(ab), self.ep,
+        )  # fmt: skip
+
+    def combine(self, experts: Op) -> Op:
+        t = self.traffic
+        return a2a_op(
+            f"{experts.id}.combine", experts, A2A_COMBINE, self.own,
+            t.received * self.hidden_bytes(ELEM_BYTES), t.sent * self.hidden_bytes(ELEM_BYTES),
+            self.ep,
+        )  # fmt: skip
+
+    def reduce_scatter(self, o_proj: Op) -> Op:
+        """Partial sums of the other ranks' tokens out, this rank's from every other in."""
+        row = self.hidden_bytes(ELEM_BYTES)
+        sent, received = (self.tokens - self.own) * row, self.own * row * (self.ep - 1)
+        return a2a_op(
+            f"{o_proj.id}.reduce_scatter", o_proj, A2A_REDUCE_SCATTER, self.own, sent,
+            received, self.ep,
+        )  # fmt: skip
+
+    def all_gather(self, out: Op) -> Op:
+        """This rank's rows to every other rank, theirs in: the layer output, whole."""
+        row = self.hidden_bytes(ELEM_BYTES)
+        sent, received = self.own * row * (self.ep - 1), (self.tokens - self.own) * row
+        gather = a2a_op(
+            f"{out.id}.all_gather", out, A2A_ALL_GATHER, self.own, sent, received, self.ep
+        )
+        return replace(gather, shape={**gather.shape, "m": self.tokens})
 
 
 def _comm(op_id: str, kind: OpKind, src: Op, nbytes: float, stage: int, group: int) -> Op:
@@ -232,17 +405,46 @@ def _comm(op_id: str, kind: OpKind, src: Op, nbytes: float, stage: int, group: i
     )
 
 
-def partition(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
-    """The graph one chip of each stage runs: sharded ops plus all-reduce and send/recv ops.
+def expert_parallel_layers(g: nx.DiGraph, plan: Plan) -> dict[int, ExpertParallelLayer]:
+    """The MoE layers of the graph that run expert-parallel under ``plan``, by layer."""
+    if plan.ep <= 1:
+        return {}
+    spec: ModelSpec = g.graph["model"]
+    sc: Scenario = g.graph["scenario"]
+    return {
+        op.layer: ExpertParallelLayer(op, spec, sc, plan.ep)
+        for _, d in g.nodes(data=True)
+        if (op := d["op"]).kind == OpKind.EXPERT_FFN
+    }
 
-    Chips of a tensor-parallel group are symmetric, so each stage is represented by one chip.
+
+def _local_op(op: Op, plan: Plan, ep_layers: dict[int, ExpertParallelLayer]) -> Op:
+    """The share of ``op`` the simulated chip runs."""
+    layer = ep_layers.get(op.layer)
+    if layer is None:
+        return shard(op, plan.tp)
+    if op.kind == OpKind.EXPERT_FFN:
+        return layer.experts_op(op)
+    if op.role in SEQUENCE_PARALLEL_ROLES:
+        return token_share(op, layer.own, layer.tokens, plan.tp)
+    return shard(op, plan.tp)
+
+
+def partition(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
+    """The graph one chip of each stage runs: sharded ops plus all-reduce and send/recv ops
+    (and, for expert-parallel MoE layers, the reduce-scatter, dispatch, combine and
+    all-gather all-to-alls).
+
+    Chips of a tensor-parallel group are symmetric, so each stage is represented by one chip;
+    with expert parallelism, by its hottest rank (module docstring).
     """
     out = nx.DiGraph(**g.graph, plan=plan)
+    ep_layers = expert_parallel_layers(g, plan)
     rename: dict[str, str] = {}  # op id -> id of the node that now carries its output
     for node in nx.topological_sort(g):
         op: Op = g.nodes[node]["op"]
         stage = plan.stage_of_layer(op.layer)
-        local = replace(shard(op, plan.tp), stage=stage)
+        local = replace(_local_op(op, plan, ep_layers), stage=stage)
         out.add_node(node, op=local)
         for pred in g.predecessors(node):
             src = rename[pred]
@@ -263,12 +465,39 @@ def partition(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
                 src = hop.id
             out.add_edge(src, node)
         rename[node] = node
-        if plan.tp > 1 and op.tp_role in ("row", "vocab"):
-            m, n = op.dim("m"), op.dim("n")
-            ar = _comm(
-                f"{node}.all_reduce", OpKind.ALL_REDUCE, op, m * n * ELEM_BYTES, stage, plan.tp
-            )
-            out.add_node(ar.id, op=ar)
-            out.add_edge(node, ar.id)
-            rename[node] = ar.id
+        after = _collective_after(op, local, plan, ep_layers.get(op.layer))
+        if after is not None:
+            out.add_node(after.id, op=after)
+            out.add_edge(node, after.id)
+            rename[node] = after.id
     return out
+
+
+def _collective_after(
+    op: Op, local: Op, plan: Plan, ep_layer: ExpertParallelLayer | None
+) -> Op | None:
+    """The communication that follows ``op`` on its chip, if any: the all-reduce of a
+    row- or vocabulary-split op (and of tensor-split experts); in an expert-parallel MoE
+    layer the reduce-scatter of o_proj, the dispatch after the router, the combine after
+    the experts and the all-gather of the layer output."""
+    if plan.tp == 1:
+        return None
+    if ep_layer is not None:
+        if op.role == "o_proj":
+            return ep_layer.reduce_scatter(local)
+        if op.kind == OpKind.ROUTER:
+            return ep_layer.dispatch(local)
+        if op.kind == OpKind.EXPERT_FFN:
+            return ep_layer.combine(local)
+        if op.role == "ffn_residual":
+            return ep_layer.all_gather(local)
+        if op.role in SEQUENCE_PARALLEL_ROLES:
+            return None
+    if op.tp_role in ("row", "vocab", "experts"):
+        if op.kind == OpKind.EXPERT_FFN:  # the summed outputs [tokens, hidden]
+            op = replace(op, shape={**op.shape, "m": op.dim("out_rows")})
+        m, n = op.dim("m"), op.dim("n")
+        return _comm(
+            f"{op.id}.all_reduce", OpKind.ALL_REDUCE, op, m * n * ELEM_BYTES, local.stage, plan.tp
+        )
+    return None

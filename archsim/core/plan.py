@@ -22,7 +22,15 @@ class MemoryNeed:
 
 @dataclass(frozen=True)
 class Plan:
-    """chips = tp x pp (x dp). Stage s runs decoder layers stage_layers[s] = (first, stop)."""
+    """chips = tp x pp (x dp). Stage s runs decoder layers stage_layers[s] = (first, stop).
+
+    ``ep``: expert parallelism. 1: the experts of an MoE layer are tensor-split like a dense
+    FFN. ep > 1 (ep = tp): the tp chips of a stage hold the routed experts of each MoE layer
+    in ep contiguous blocks and the MoE block runs sequence-parallel (each chip routes its
+    share of the tokens and dispatches them to their experts' chips with an all-to-all);
+    the chips are then not symmetric, and a family simulates the hottest rank (the one
+    whose experts get the most rows), whose MoE layers set the step time
+    (archsim/compiler/partition.py)."""
 
     tp: int
     pp: int
@@ -33,6 +41,7 @@ class Plan:
     micro_batch: int = 0  # sequences per micro-batch of a pipeline (0: the whole batch)
     micro_batches: int = 1  # micro-batches that follow each other down the pipeline
     extra: dict[str, Any] = field(default_factory=dict)
+    ep: int = 1
 
     @property
     def chips(self) -> int:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from archsim.graph.moe import ExpertLoad
+
 _LAYER_PREFIX = re.compile(r"^L\d+\.")
 _SLICE_SUFFIX = re.compile(r"(\.c\d+)+$")
 
@@ -26,6 +28,26 @@ class OpKind(StrEnum):
     # x, B, C with its SiLU, then the selective state-space scan with the D skip; it reads and
     # writes a recurrent state per sequence (state_read_bytes / state_write_bytes)
     SSM_SCAN = "ssm_scan"
+    # mixture of experts (archsim/graph/moe.py): the router's gate GEMM [tokens, hidden] @
+    # [hidden, experts] with its softmax/sigmoid and top-k; the routed experts' FFNs as grouped
+    # GEMMs over the rows each expert gets (gate/up, activation, down and the weighted sum of
+    # each token's expert outputs), ``Op.experts`` holding the expected rows per expert
+    ROUTER = "router"
+    EXPERT_FFN = "expert_ffn"
+    # a collective in which every rank sends a different part of its data to each peer:
+    # MoE dispatch and combine, and the all-gather / reduce-scatter that bracket an
+    # expert-parallel MoE block (shape["pattern"]: A2A_PATTERNS)
+    ALL_TO_ALL = "all_to_all"
+    # multi-head latent attention (DeepSeek-V2/V3): attention over a compressed latent KV
+    # cache [tokens, kv_lora_rank + rope dims] shared by every head, with the per-head
+    # up-projections of K and V (kv_b_proj) inside the op: absorbed into the query and the
+    # output in decode, expanding the latent into K and V in prefill
+    MLA_ATTENTION = "mla_attention"
+
+
+# shape["pattern"] of an all_to_all op
+A2A_DISPATCH, A2A_COMBINE, A2A_ALL_GATHER, A2A_REDUCE_SCATTER = range(4)
+A2A_PATTERNS = ("moe_dispatch", "moe_combine", "all_gather", "reduce_scatter")
 
 
 @dataclass(frozen=True)
@@ -35,7 +57,12 @@ class Op:
     Shapes follow the op kind: matmul ``m x k @ k x n``; elementwise ops ``m`` rows of ``n``;
     attention has ``batch, heads, kv_heads, head_dim, q_len, kv_len, causal`` in ``shape``; an
     SSM scan ``batch, q_len, m`` (tokens), ``n`` (heads x head_dim), ``heads, head_dim, state,
-    groups, conv, conv_dim, chunk``.
+    groups, conv, conv_dim, chunk``; a router ``m`` tokens, ``n`` experts, ``k`` hidden,
+    ``topk``; an expert FFN ``m`` rows (token-expert pairs, rounded up), ``n`` hidden, ``k`` the
+    expert's FFN width, ``experts`` held, ``active`` (experts touched, rounded), ``tokens``,
+    ``topk``, ``gated``; an MLA attention ``batch, heads, kv_heads`` (1: the latent is shared),
+    ``q_len, kv_len, causal, latent, rope, nope, v_dim, absorbed``; an all-to-all ``m`` rows
+    it sends, ``n`` hidden, ``ranks``, ``pattern`` (A2A_PATTERNS), ``recv_bytes``.
     Bytes are what the op must read/write at least once (its compulsory traffic); a cycle
     model adds the re-reads its tiling causes.
     """
@@ -63,6 +90,8 @@ class Op:
     tp_role: str = "replicated"
     stage: int = 0  # pipeline stage after partitioning
     group: int = 1  # chips that run this op together (tensor-parallel degree)
+    # an expert_ffn op: the experts it holds and the expected rows each gets this step
+    experts: ExpertLoad | None = None
 
     @property
     def mem_bytes(self) -> float:
@@ -86,4 +115,6 @@ class Op:
         ``L3.gate_up_proj.c2`` -> gate_up_proj; communication ops by their kind."""
         if self.kind in (OpKind.ALL_REDUCE, OpKind.SEND_RECV):
             return self.kind.value
+        if self.kind == OpKind.ALL_TO_ALL:
+            return A2A_PATTERNS[self.dim("pattern")]
         return _SLICE_SUFFIX.sub("", _LAYER_PREFIX.sub("", self.id))

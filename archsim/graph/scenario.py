@@ -85,6 +85,9 @@ class Scenario:
 
     prefill: ``batch`` sequences of ``seq`` prompt tokens each, causal, from an empty cache.
     decode: ``batch`` sequences, one new token each, attending over ``ctx`` cached tokens.
+    ``routing_skew``: how unevenly a mixture-of-experts router spreads tokens over experts
+    (0: uniform; s > 0: Zipf popularity (e + 1)^-s over the expert index; archsim/graph/moe.py);
+    dense models ignore it.
     """
 
     phase: str = "decode"
@@ -92,6 +95,7 @@ class Scenario:
     seq: int = 2048
     ctx: int = 2048
     precision: Precision = Precision()
+    routing_skew: float = 0.0
 
     def __post_init__(self) -> None:
         if self.phase not in ("prefill", "decode"):
@@ -100,6 +104,9 @@ class Scenario:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ScenarioError(f"{key} must be a positive integer, got {value!r}")
+        skew = self.routing_skew
+        if isinstance(skew, bool) or not isinstance(skew, int | float) or not 0 <= skew <= 10:
+            raise ScenarioError(f"routing skew must be a number from 0 to 10, got {skew!r}")
 
     @property
     def new_tokens_per_seq(self) -> int:

@@ -4,6 +4,8 @@ Before anything is planned, every op of the graph is checked against the configu
 lists (``admission`` in the YAML): op kinds, activations, norms, attention variants, head
 sizes, precisions, and mixture-of-experts routing (refused unless the host routes it). The
 first op outside them is refused with one line naming the op, its layer and the family.
+MLA attention (a latent KV cache, DeepSeek) is not among the attention unit's variants and
+is refused as an op kind.
 """
 
 from __future__ import annotations
@@ -28,8 +30,14 @@ LOWERABLE = frozenset(
         OpKind.RESIDUAL,
         OpKind.ALL_REDUCE,
         OpKind.SEND_RECV,
+        OpKind.ROUTER,
+        OpKind.EXPERT_FFN,
+        OpKind.ALL_TO_ALL,
     )
 )
+# mixture-of-experts kinds: lowerable only with the host routing the tokens (the router's
+# decision goes over PCIe; the experts run on the FFN engines, the all-to-alls on the links)
+MOE_KINDS = frozenset(k.value for k in (OpKind.ROUTER, OpKind.EXPERT_FFN, OpKind.ALL_TO_ALL))
 
 
 def _refuse(family: str, op: Op, why: str) -> None:
@@ -53,20 +61,20 @@ def _activation(g: nx.DiGraph, op: Op) -> str:
 def check(g: nx.DiGraph, p: AsicParams, family: str) -> None:
     """Raise UnsupportedOpError on the first op (in graph order) the silicon cannot run."""
     a = p.admission
-    kinds = LOWERABLE & set(a.op_kinds)
+    kinds = (LOWERABLE - MOE_KINDS) & set(a.op_kinds)
     precisions = set(a.precisions)
-    spec = g.graph.get("model")
-    moe = spec is not None and spec.moe is not None and not a.moe_host_fallback
     for op in ops_in_order(g):
-        if op.kind.value not in kinds:
+        if op.kind.value in MOE_KINDS:
+            if not a.moe_host_fallback:
+                _refuse(
+                    family, op, "mixture-of-experts routing has no stage on the chip (set "
+                    "admission.moe_host_fallback=true to route on the host over PCIe)",
+                )  # fmt: skip
+        elif op.kind.value not in kinds:
             _refuse(family, op, f"its fixed stages run only {', '.join(sorted(kinds))}")
-        if moe and op.layer >= spec.moe.first_dense_layers and op.role == "gate_up_proj":
-            _refuse(
-                family, op, "mixture-of-experts routing has no stage on the chip (set "
-                "admission.moe_host_fallback=true to route on the host over PCIe)",
-            )  # fmt: skip
         dtypes = {
             OpKind.MATMUL: (op.weight_dtype, op.act_dtype),
+            OpKind.EXPERT_FFN: (op.weight_dtype, op.act_dtype),
             OpKind.ATTENTION: (op.weight_dtype, op.act_dtype),  # weight_dtype = KV cache
         }.get(op.kind, ())
         for dtype in dtypes:

@@ -39,7 +39,7 @@ from archsim.families.asic.timing import (
 )
 from archsim.graph.build import ELEM_BYTES, ops_in_order
 from archsim.graph.ops import Op, OpKind
-from archsim.graph.scenario import Scenario
+from archsim.graph.scenario import DTYPE_BYTES, Scenario
 
 ENGINES = ("qkv", "o", "gate_up", "down")
 ENGINE_OF_ROLE = {
@@ -48,6 +48,8 @@ ENGINE_OF_ROLE = {
     "gate_up_proj": "gate_up",
     "down_proj": "down",
     "lm_head": "gate_up",
+    "shared_gate_up": "gate_up",  # MoE shared experts: a dense gated FFN
+    "shared_down": "down",
 }
 # vector stages: each position of the layer is its own hardwired stage (two norms, two
 # residual adders); ops at no layer position (final norm, ``archsim kernel`` ops) run on the
@@ -128,12 +130,6 @@ class Lowerer:
         self.lag: list[int] = []  # per instruction: the lag its streaming consumers take
         self.blocking: set[int] = set()  # instructions consumers wait for to end (host trips)
         self.out_of: dict[str, list[list[int]]] = {}  # op -> per tile, its last instructions
-        spec = g.graph.get("model")
-        self.moe_layers = (
-            set(range(spec.moe.first_dense_layers, spec.num_layers))
-            if spec is not None and spec.moe is not None
-            else set()
-        )
 
     # ---- helpers ----------------------------------------------------------------------------
     def emit(self, opcode: str, unit: str, op: Op, deps, resource: str = "", nbytes=0.0, **kw):
@@ -175,6 +171,12 @@ class Lowerer:
             return self.vector(op, f, deps)
         if kind == OpKind.ALL_REDUCE:
             return [self.all_reduce(op, f, deps)]
+        if kind == OpKind.ROUTER:
+            return [self.host_route(op, self.rows(op, f), deps)]
+        if kind == OpKind.EXPERT_FFN:
+            return self.expert_ffn(op, f, deps)
+        if kind == OpKind.ALL_TO_ALL:
+            return [self.all_to_all(op, f, deps)]
         if kind == OpKind.SEND_RECV:
             nbytes = op.link_bytes * f
             return [
@@ -251,8 +253,6 @@ class Lowerer:
             "vec", vector_stage(op), op, deps, "hbm", hbm, m=rows, n=op.dim("n"),
             offchip_bytes=hbm, onchip_bytes=(op.act_in_bytes + op.act_out_bytes) * f,
         )  # fmt: skip
-        if op.layer in self.moe_layers and op.role == "ffn_norm":
-            return [self.host_route(op, rows, [i])]
         return [i]
 
     def _crosses(self, neighbours, op: Op) -> bool:
@@ -260,14 +260,66 @@ class Lowerer:
         return any(self.g.nodes[x]["op"].layer != op.layer for x in neighbours)
 
     def host_route(self, op: Op, rows: int, deps: list[int]) -> int:
-        """MoE host fallback: the normalised hidden states [rows, hidden] bf16 go to the
-        host over PCIe, the host routes them, the expert ids and gates [rows, top-k] (int32 +
-        fp32) come back; the expert GEMMs wait for the whole round trip."""
-        spec = self.g.graph["model"]
-        nbytes = rows * (spec.hidden_size * ELEM_BYTES + spec.moe.experts_per_token * 8)
+        """MoE host fallback (the router op): the normalised hidden states [rows, hidden]
+        bf16 go to the host over PCIe, the host routes them, the expert ids and gates
+        [rows, top-k] (int32 + fp32) come back; the expert GEMMs wait for the whole round
+        trip."""
+        nbytes = rows * (op.dim("k") * ELEM_BYTES + op.dim("topk") * 8)
         i = self.emit("host", "host", op, deps, "pcie", nbytes, m=rows, aux=math.ceil(nbytes))
         self.blocking.add(i)
         return i
+
+    def expert_ffn(self, op: Op, f: float, deps: list[int]) -> list[int]:
+        """The routed experts on the FFN engines, as grouped GEMMs: the gate/up engine streams
+        the touched experts' weight tiles (expected, for this tile's tokens) and each
+        multiplies its expert's rows (the mean rows per touched expert); the activation
+        stage; the down engine likewise. The touched experts' weights stream from HBM for
+        every tile; the weighted sum of each token's outputs is left to the residual stage."""
+        load = op.experts.with_tokens(max(1, math.ceil(op.dim("tokens") * f - 1e-9)))
+        rows, active = load.routed(), load.active()
+        if rows <= 0:
+            return deps[-1:] if deps else []
+        h, width = op.dim("n"), op.dim("k")
+        mats = 3 if op.dim("gated") else 2
+        per_expert = math.ceil(rows / max(active, 1.0) - 1e-9)
+        touched = max(1, round(active))
+        rate = rate_code(op.weight_dtype, op.act_dtype)
+        w_expert = op.params / max(op.dim("experts"), 1) * DTYPE_BYTES[op.weight_dtype]
+        flops = op.flops * rows / op.experts.routed()
+        up = (mats - 1) * width
+        passes = []
+        gemms = (("gate_up", up, h, (mats - 1) / mats), ("down", h, width, 1 / mats))
+        for engine, n, k, share in gemms:
+            wbytes = active * w_expert * share
+            prev = [self.emit(
+                "gemm", f"mxu_{engine}", op, deps if not passes else passes[-1:], "hbm", wbytes,
+                m=per_expert, n=touched * n, k=k, g=self.arrays[engine], aux=rate,
+                flops=flops * share, offchip_bytes=wbytes,
+                onchip_bytes=rows * (k + n) * ELEM_BYTES,
+            )]  # fmt: skip
+            passes += prev
+            if engine == "gate_up":
+                passes.append(self.emit(
+                    "vec", "act", op, prev, m=math.ceil(rows), n=width,
+                    onchip_bytes=rows * (up + width) * ELEM_BYTES,
+                ))  # fmt: skip
+        return passes[-1:]
+
+    def all_to_all(self, op: Op, f: float, deps: list[int]) -> int:
+        """An expert-parallel dispatch, combine, all-gather or reduce-scatter over the fully
+        connected server: each peer's share on its own link, the busier direction's."""
+        tp = op.group
+        if tp - 1 > self.p.links.links_per_chip:
+            raise ScenarioError(
+                f"etched-like exchanges all-to-all over direct links: {tp} ranks need {tp - 1} "
+                f"links, a chip has {self.p.links.links_per_chip}"
+            )
+        busier = max(op.link_bytes, float(op.dim("recv_bytes"))) * f
+        per_link = busier / max(tp - 1, 1)
+        return self.emit(
+            "send", "link", op, deps, "link", per_link, m=self.rows(op, f), n=op.dim("n"),
+            aux=math.ceil(per_link), link_bytes=op.link_bytes * f,
+        )  # fmt: skip
 
     def all_reduce(self, op: Op, f: float, deps: list[int]) -> int:
         """One-shot reduce-scatter + all-gather over the fully connected server: each chip

@@ -30,6 +30,7 @@ OPCODES = [
     "all_reduce",
     "send_recv",
     "launch",
+    "all_to_all",
 ]
 # dtype code -> index into the rate / element-size tables passed to the timing kernel
 DTYPE_CODE = {"bf16": 0, "fp16": 0, "fp32": 0, "fp8": 1, "int8": 2, "int4": 3}
@@ -137,6 +138,14 @@ def lower_op(op: Op, emit, plan: Plan, p: GpuParams) -> int:
         )  # fmt: skip
     if kind == OpKind.SSM_SCAN:
         return _ssm_scan(op, emit, l2)
+    if kind == OpKind.ROUTER:
+        return _router(op, emit, p, l2)
+    if kind == OpKind.EXPERT_FFN:
+        return _expert_ffn(op, emit, l2)
+    if kind == OpKind.ALL_TO_ALL:
+        return _all_to_all(op, emit, p)
+    if kind == OpKind.MLA_ATTENTION:
+        return _mla_attention(op, emit, l2)
     raise AssertionError(f"h100-like cannot lower {kind} (supported_ops should refuse it)")
 
 
@@ -277,4 +286,127 @@ def _ssm_scan(op: Op, emit, l2: float) -> int:
     return emit(
         op, "elementwise", m=b * chunks, n=inner, g=VECTORISED, aux=_ctas(passing / 2),
         **_tier(passing, passing, l2),
+    )  # fmt: skip
+
+
+# ---- mixture of experts and MLA (kinds added with issue 12) ------------------------------
+def _router(op: Op, emit, p: GpuParams, l2: float) -> int:
+    """The gate GEMM [tokens, hidden] @ [hidden, experts], then one top-k kernel that reads
+    the fp32 scores and writes each token's expert ids and gates (vLLM fused_topk /
+    grouped_topk)."""
+    t, experts = op.dim("m"), op.dim("n")
+    scores = 4.0 * t * experts
+    emit(
+        op, "gemm", m=t, n=experts, k=op.dim("k"), g=1, aux=DTYPE_CODE[op.weight_dtype],
+        offchip_bytes=op.weight_bytes + op.act_in_bytes + scores, flops=op.flops,
+    )  # fmt: skip
+    nbytes = scores + op.act_out_bytes
+    # a row kernel over each token's fp32 scores, like a softmax (top-k keeps its winners)
+    return emit(
+        op, "elementwise", m=t, n=experts, k=p.kernel.softmax_fp32_ops, g=SOFTMAX_ROWS,
+        h=4 * experts, aux=t, **_tier(nbytes, nbytes, l2),
+    )  # fmt: skip
+
+
+def _expert_ffn(op: Op, emit, l2: float) -> int:
+    """The routed experts as vLLM's fused_moe runs them: a kernel that sorts the token-expert
+    pairs by expert (moe_align_block_size), the grouped gate/up GEMM, silu-and-mul, the
+    grouped down GEMM (gates applied), and the sum of each token's expert outputs
+    (moe_sum). A grouped GEMM is timed as a strided-batched GEMM over the experts touched
+    (``g``, rounded) with the mean rows per touched expert (``m``): weight bytes are the
+    touched experts' (expected, in the byte column), tiles per expert ceil(rows / BM); the
+    spread of rows between experts is not modelled."""
+    rows = op.experts.routed()
+    if rows <= 0:
+        return emit(op, "elementwise", m=0, n=op.dim("n"), g=VECTORISED, aux=1)
+    h, width, gated = op.dim("n"), op.dim("k"), op.dim("gated")
+    mats = 3 if gated else 2
+    active = max(1, op.dim("active"))
+    m = math.ceil(rows / active - 1e-9)
+    dtype = DTYPE_CODE[op.weight_dtype]
+    a_el = 1.0 if op.act_dtype in ("fp8", "int8") else 2.0
+    pairs = 8.0 * op.dim("tokens") * op.dim("topk")  # ids and gates, sorted copies
+    emit(op, "elementwise", m=op.dim("tokens"), n=op.dim("topk"), g=VECTORISED, aux=1,
+         **_tier(pairs, pairs, l2))  # fmt: skip
+    up = (mats - 1) * width
+    emit(
+        op, "gemm", m=m, n=up, k=h, g=active, aux=dtype,
+        offchip_bytes=op.weight_bytes * (mats - 1) / mats + rows * (h * a_el + up * 2.0),
+        flops=op.flops * (mats - 1) / mats,
+    )  # fmt: skip
+    act = rows * (up + width) * 2.0
+    emit(op, "elementwise", m=math.ceil(rows), n=width, g=VECTORISED, aux=_ctas(rows * width * 2),
+         **_tier(act, act, l2))  # fmt: skip
+    emit(
+        op, "gemm", m=m, n=h, k=width, g=active, aux=dtype,
+        offchip_bytes=op.weight_bytes / mats + rows * (width * 2.0 + h * 2.0),
+        flops=op.flops / mats,
+    )  # fmt: skip
+    total = rows * h * 2.0 + op.act_out_bytes
+    return emit(op, "elementwise", m=math.ceil(rows), n=h, g=VECTORISED,
+                aux=_ctas(op.act_out_bytes), **_tier(total, total, l2))  # fmt: skip
+
+
+def _all_to_all(op: Op, emit, p: GpuParams) -> int:
+    """Dispatch, combine, all-gather or reduce-scatter among the GPUs of one NVLink domain
+    (DeepEP intranode kernels): every GPU sends to and receives from all peers at once
+    through the NVSwitch, so the busier direction's bytes (``k``) over one GPU's NVLink
+    bandwidth, plus the NCCL LL base latency, set its time."""
+    if op.group > p.links.scale_up_domain:
+        raise ScenarioError(
+            f"h100-like models an all-to-all inside one NVLink domain of "
+            f"{p.links.scale_up_domain} GPUs; {op.group} ranks asked"
+        )
+    busier = max(op.link_bytes, float(op.dim("recv_bytes")))
+    return emit(
+        op, "all_to_all", g=op.group, m=op.dim("m"), n=op.dim("n"), k=math.ceil(busier),
+        h=op.dim("pattern"), link_bytes=op.link_bytes, offchip_bytes=op.mem_bytes,
+    )  # fmt: skip
+
+
+def _mla_attention(op: Op, emit, l2: float) -> int:
+    """MLA as FlashMLA-style serving stacks run it. The new latents are appended to the
+    cache (one kernel). Decode (absorbed): q_nope @ W^UK per head (a strided-batched GEMM),
+    one decoding kernel over the latent cache shared by the GPU's heads (an MQA with one
+    576-wide key and 512-wide value: the ``attn_decode`` kernel with one KV head, its
+    head dim 544 = (576 + 512) / 2 giving the op's 2 x (576 + 512) FLOPs per head and key),
+    then @ W^UV per head. Prefill: kv_b_proj expands the latent of every position into
+    K_nope and V (a GEMM), then causal FlashAttention with q/k dims 192 and v dims 128
+    (head dim 160 for the same reason)."""
+    b, heads, q_len, kv_len = op.dim("batch"), op.dim("heads"), op.dim("q_len"), op.dim("kv_len")
+    latent, rope, nope, v = op.dim("latent"), op.dim("rope"), op.dim("nope"), op.dim("v_dim")
+    t = b * q_len
+    dtype = DTYPE_CODE[op.weight_dtype]
+    if op.kv_write_bytes > 0:
+        emit(op, "elementwise", m=t, aux=_ctas(op.kv_write_bytes),
+             **_tier(2 * op.kv_write_bytes, 2 * op.kv_write_bytes, l2))  # fmt: skip
+    w_uk = op.weight_bytes * nope / (nope + v)
+    if op.dim("absorbed"):
+        f_uk = 2.0 * t * heads * nope * latent
+        f_uv = 2.0 * t * heads * latent * v
+        emit(
+            op, "gemm", m=t, n=latent, k=nope, g=heads, aux=dtype,
+            offchip_bytes=w_uk + t * heads * (nope + latent) * 2.0, flops=f_uk,
+        )  # fmt: skip
+        q_bytes = t * heads * (latent + rope + latent) * 2.0  # q latent in, o latent out
+        emit(
+            op, "attn_decode", m=q_len, n=kv_len, k=(latent + rope + latent) // 2, g=b, h=heads,
+            aux=1, offchip_bytes=op.kv_read_bytes + q_bytes, flops=op.flops - f_uk - f_uv,
+        )  # fmt: skip
+        return emit(
+            op, "gemm", m=t, n=v, k=latent, g=heads, aux=dtype,
+            offchip_bytes=op.weight_bytes - w_uk + t * heads * (latent + v) * 2.0, flops=f_uv,
+        )  # fmt: skip
+    rows = b * kv_len
+    expanded = rows * heads * (nope + v) * 2.0
+    f_expand = 2.0 * rows * latent * heads * (nope + v)
+    emit(
+        op, "gemm", m=rows, n=heads * (nope + v), k=latent, g=1, aux=dtype,
+        offchip_bytes=op.weight_bytes + op.kv_read_bytes + expanded, flops=f_expand,
+    )  # fmt: skip
+    k_rope = rows * rope * 2.0  # the shared rope key, broadcast to every head
+    return emit(
+        op, "attn_prefill", m=q_len, n=kv_len, k=(nope + rope + v) // 2, g=b, h=heads,
+        aux=op.dim("causal"), offchip_bytes=expanded + k_rope + op.act_in_bytes + op.act_out_bytes,
+        flops=op.flops - f_expand,
     )  # fmt: skip

@@ -21,7 +21,7 @@ from archsim.core.isa import Timing
 from archsim.core.jit import njit
 
 # opcodes (the order of lower.OPCODES)
-GEMM, ATTN_DECODE, ATTN_PREFILL, ELEMENTWISE, ALL_REDUCE, SEND_RECV, LAUNCH = range(7)
+GEMM, ATTN_DECODE, ATTN_PREFILL, ELEMENTWISE, ALL_REDUCE, SEND_RECV, LAUNCH, ALL_TO_ALL = range(8)
 # elementwise kernel classes (lower.py sets them in the ``g`` column)
 VECTORISED, STRIDED, RMSNORM_ROWS, SOFTMAX_ROWS, LAYERNORM_ROWS = range(5)
 # a kernel's choice code carries its mean SM clock in MHz above this (tile/split below it)
@@ -510,6 +510,8 @@ def kernel_seconds(
         t = q.gap + lat + link[i] / (q.so_bw if crosses_nodes else q.nvlink_bw)
     elif op == LAUNCH:
         t = q.eager_gemm_launch if aux[i] == 1 else q.eager_launch
+    elif op == ALL_TO_ALL:
+        t = all_to_all_seconds(float(k[i]), q.gap, q.ll_base, q.nvlink_bw)
     return t, tc
 
 
@@ -642,6 +644,17 @@ def gpu_durations(
         if is_gpu[i]:
             choice[i] += int(round(clock[i] / 1e6)) * CLOCK_CODE
     return cycles, choice
+
+
+@njit
+def all_to_all_seconds(busier_bytes, gap, base, bw):
+    """An all-to-all inside one NVLink domain (MoE dispatch/combine, all-gather,
+    reduce-scatter): each GPU sends to and receives from every peer at once through the
+    switch, so the busier direction's bytes over its NVLink bandwidth, plus a base latency
+    (NCCL's LL base, as for an all-reduce step)."""
+    if busier_bytes <= 0.0:
+        return gap + base
+    return gap + base + busier_bytes / bw
 
 
 # ---- glue: the config -> the kernels' arguments (plain Python) ------------------------------

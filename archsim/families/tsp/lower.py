@@ -213,6 +213,14 @@ class Lowerer:
             return [self.transfer(op, deps, port, op.link_bytes * f, self.hops(op.stage, dst))]
         if kind == OpKind.SSM_SCAN:
             return [self.ssm_scan(op, deps)]
+        if kind == OpKind.ROUTER:
+            return [self.router(op, deps)]
+        if kind == OpKind.EXPERT_FFN:
+            return [self.expert_ffn(op, deps)]
+        if kind == OpKind.ALL_TO_ALL:
+            return self.all_to_all(op, deps)
+        if kind == OpKind.MLA_ATTENTION:
+            return [self.mla_attention(op, deps)]
         raise UnsupportedOpError(f"groq-like cannot lower {kind} ({op.id})")
 
     def matmul(self, op: Op, deps: list[int]) -> int:
@@ -298,6 +306,155 @@ class Lowerer:
         )  # fmt: skip
         steps = math.ceil(math.log2(max(op.dim("state"), 2)))
         return self.sxm(op, [scan], v, steps)
+
+    # ---- mixture of experts and MLA (kinds added with issue 12) ----------------------------
+    def weight_gemm(self, op, deps, rows, k, n, copies, mode, w_el, flops, in_bytes) -> int:
+        """``copies`` weight matrices [k, n] (experts, heads) each multiplied by ``rows``
+        activation rows: ceil(k/D) x ceil(n/D) tiles per copy, spread over the planes; the
+        results requantised on the VXM."""
+        dim = self.p.mxm.plane_dim
+        kt, nt = math.ceil(k / dim), math.ceil(n / dim)
+        planes = self.mxm(
+            op, deps, rows, copies * kt * nt, math.ceil(k / kt), mode, w_el,
+            copies * k * n * w_el, flops, in_bytes,
+        )  # fmt: skip
+        return self.requant(op, planes, copies * rows * n)
+
+    def router(self, op: Op, deps: list[int]) -> int:
+        """The gate GEMM on the MXM, the scores (exp or sigmoid) on the VXM, and the top-k
+        as k max-reductions over the experts' lanes on the SXM."""
+        mode = mxm_mode(self.p, op.weight_dtype, op.act_dtype)
+        rows, experts = self.rows(op), op.dim("n")
+        gemm = self.weight_gemm(
+            op, deps, rows, op.dim("k"), experts, 1, mode, DTYPE_BYTES[op.weight_dtype],
+            op.flops * self.f, op.act_in_bytes * self.f,
+        )  # fmt: skip
+        v = self.vectors(rows * experts * 2)
+        e = self.vxm(op, [gemm], v, fp=1, tr=1)
+        steps = math.ceil(math.log2(max(experts, 2)))
+        return self.sxm(op, [e], rows * op.dim("topk"), steps)
+
+    def expert_ffn(self, op: Op, deps: list[int]) -> int:
+        """A slice's routed experts under a static schedule: the compiler cannot know which
+        experts the router will pick, so every expert of the slice is installed in the MXM
+        for every micro-batch and multiplies a fixed number of rows, its capacity
+        C = min(tokens, ceil(capacity_factor x tokens x top-k / experts)); gate/up, the
+        activation, down, and the gated sum of each token's outputs. The FLOPs column holds
+        the useful (expected) work; the passes take the provisioned rows."""
+        load = op.experts
+        tokens = max(1, math.ceil(op.dim("tokens") * self.f - 1e-9))
+        cf = self.p.compiler.expert_capacity_factor
+        cap = min(tokens, math.ceil(cf * tokens * load.top_k / load.num_experts - 1e-9))
+        experts, h, width = op.dim("experts"), op.dim("n"), op.dim("k")
+        mats = 3 if op.dim("gated") else 2
+        up = (mats - 1) * width
+        mode = mxm_mode(self.p, op.weight_dtype, op.act_dtype)
+        w_el = DTYPE_BYTES[op.weight_dtype]
+        flops = op.flops * self.f
+        gate_up = self.weight_gemm(
+            op, deps, cap, h, up, experts, mode, w_el, flops * (mats - 1) / mats,
+            experts * cap * h * DTYPE_BYTES[op.act_dtype],
+        )  # fmt: skip
+        act = self.vxm(op, [gate_up], self.vectors(experts * cap * up * 2), fp=3, tr=2)
+        down = self.weight_gemm(
+            op, [act], cap, width, h, experts, mode, w_el, flops / mats,
+            experts * cap * width * DTYPE_BYTES[op.act_dtype],
+        )  # fmt: skip
+        return self.vxm(op, [down], self.vectors(experts * cap * h * 2), fp=2)
+
+    def all_to_all(self, op: Op, deps: list[int]) -> list[int]:
+        """One pair of stages' part of an MoE dispatch or combine (packing inserts one per
+        pair): a transfer toward the destination stage. Without a destination (an
+        all-to-all among the chips of one node): each peer gets an equal share on its own
+        link."""
+        nbytes = op.link_bytes * self.f
+        if "dst_stage" in op.shape:
+            dst = op.dim("dst_stage")
+            port = self.port(op.stage, dst)
+            return [self.transfer(op, deps, port, nbytes, self.hops(op.stage, dst))]
+        peers = max(1, op.group - 1)
+        if op.group > self.p.system.chips_per_node:
+            raise ScenarioError(
+                f"groq-like exchanges all-to-all inside one fully connected node of "
+                f"{self.p.system.chips_per_node} chips; {op.group} ranks asked"
+            )
+        hops = self.p.system.hops_in_node
+        return [self.transfer(op, deps, j, nbytes / peers, hops) for j in range(peers)]
+
+    def mla_attention(self, op: Op, deps: list[int]) -> int:
+        """MLA on the MXM. The new latents are written to MEM. Decode (absorbed): q_nope @
+        W^UK per head (the heads' [nope, latent] matrices installed as weights), the scores
+        against each sequence's latent cache (K^T [latent + rope, L] installed as weights,
+        every local head a row), softmax on the VXM/SXM, P @ latent ([L, latent] installed),
+        then @ W^UV per head. Prefill: kv_b_proj expands each position's latent into K_nope
+        and V, then causal attention as for dense models (K^T and V installed per sequence
+        and head, the diagonal's upper tiles skipped)."""
+        f, dim = self.f, self.p.mxm.plane_dim
+        mb = max(1, math.ceil(op.dim("batch") * f - 1e-9))
+        heads, q_len, kv_len = op.dim("heads"), op.dim("q_len"), op.dim("kv_len")
+        latent, rope, nope, v = op.dim("latent"), op.dim("rope"), op.dim("nope"), op.dim("v_dim")
+        mode = mxm_mode(self.p, op.weight_dtype, op.act_dtype)
+        kv_mode = mxm_mode(self.p, self.sc.precision.kv, op.act_dtype)
+        w_el, kv_el = DTYPE_BYTES[op.weight_dtype], DTYPE_BYTES[self.sc.precision.kv]
+        t = mb * q_len
+        kv_new = op.kv_write_bytes * f
+        start = deps
+        if kv_new > 0:
+            start = [self.emit(
+                "mem", "mem", op, deps, m=self.vectors(kv_new),
+                aux=2 * self.p.place.vxm_operand_slices, onchip_bytes=2.0 * kv_new,
+            )]  # fmt: skip
+        flops = op.flops * f
+        lt = math.ceil(kv_len / dim)
+        if op.dim("absorbed"):
+            f_uk, f_uv = 2.0 * t * heads * nope * latent, 2.0 * t * heads * latent * v
+            f_att = max(flops - f_uk - f_uv, 0.0)
+            qk_share = (latent + rope) / (2 * latent + rope)
+            uk = self.weight_gemm(op, start, t, nope, latent, heads, mode, w_el, f_uk,
+                                  t * heads * nope * 2)  # fmt: skip
+            qk_tiles = mb * math.ceil((latent + rope) / dim) * lt
+            qk = self.mxm(
+                op, [uk], heads * q_len, qk_tiles, min(latent + rope, dim), kv_mode, kv_el,
+                op.kv_read_bytes * f, f_att * qk_share, t * heads * (latent + rope) * 2,
+            )  # fmt: skip
+            scores = mb * heads * q_len * kv_len * ACC_BYTES
+            pn = self.softmax_passes(op, qk, scores, mb * heads * q_len)
+            pv = self.mxm(
+                op, [pn], heads * q_len, mb * lt * math.ceil(latent / dim),
+                math.ceil(kv_len / lt), kv_mode, kv_el, op.kv_read_bytes * f * latent
+                / (latent + rope), f_att * (1 - qk_share), scores / ACC_BYTES * kv_el,
+            )  # fmt: skip
+            o = self.requant(op, pv, t * heads * latent)
+            return self.weight_gemm(op, [o], t, latent, v, heads, mode, w_el, f_uv,
+                                    t * heads * latent * 2)  # fmt: skip
+        rows = mb * kv_len
+        f_expand = 2.0 * rows * latent * heads * (nope + v)
+        f_att = max(flops - f_expand, 0.0)
+        kv = self.weight_gemm(op, start, rows, latent, heads * (nope + v), 1, mode, w_el,
+                              f_expand, op.kv_read_bytes * f)  # fmt: skip
+        frac = (q_len + 1) / (2.0 * kv_len) if op.dim("causal") else 1.0
+        qk_dim = nope + rope
+        qk_share = qk_dim / (qk_dim + v)
+        qk = self.mxm(
+            op, [kv], q_len, max(1, round(mb * heads * math.ceil(qk_dim / dim) * lt * frac)),
+            min(qk_dim, dim), mode, 2.0, rows * heads * qk_dim * 2.0, f_att * qk_share,
+            op.act_in_bytes * f,
+        )  # fmt: skip
+        scores = mb * heads * q_len * kv_len * frac * ACC_BYTES
+        pn = self.softmax_passes(op, qk, scores, mb * heads * q_len)
+        pv = self.mxm(
+            op, [pn], q_len, max(1, round(mb * heads * lt * math.ceil(v / dim) * frac)),
+            math.ceil(kv_len / lt), mode, 2.0, rows * heads * v * 2.0, f_att * (1 - qk_share),
+            scores / ACC_BYTES * 2.0,
+        )  # fmt: skip
+        return self.requant(op, pv, mb * heads * q_len * v)
+
+    def softmax_passes(self, op: Op, deps: list[int], scores: float, rows: int) -> int:
+        """exp of the max-subtracted scores, the row sums, and the normalisation."""
+        v = self.vectors(scores)
+        e = self.vxm(op, deps, v, fp=2, tr=1, slices=self.p.place.mxm_to_vxm_slices)
+        s = self.sxm(op, [e], rows, self.reduce_steps)
+        return self.vxm(op, [s], v, fp=1, tr=1, cast=1)
 
     def all_reduce(self, op: Op, deps: list[int]) -> list[int]:
         """One-shot reduce-scatter + all-gather over the fully connected tensor group: each

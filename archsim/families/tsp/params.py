@@ -104,13 +104,20 @@ class TspSystem(Section):
 
 
 class TspCompiler(Section):
-    """How much of the program the simulator runs (not hardware: fidelity against speed)."""
+    """How much of the program the simulator runs (not hardware: fidelity against speed), and
+    the compiler's provisioning of data-dependent work."""
 
     max_simulated_micro_batches: int = field(
         "micro-batches simulated through the pipeline; above this the round period is "
         "extrapolated from their steady departures (at least 2)",
         gt=None,
         ge=2,
+    )
+    expert_capacity_factor: float = field(
+        "MoE: rows the static schedule provisions for each routed expert, as a multiple of "
+        "the mean (tokens x top-k / experts, at most the tokens); every expert of a slice "
+        "is installed in the MXM for every micro-batch (the schedule cannot know which "
+        "experts the router picks)"
     )
 
 
