@@ -445,17 +445,21 @@ class StreamBuilder:
         }
         for name, value in row.items():
             self._rows[name].append(value)
-        bound: dict[tuple[int, int], int] = {}  # (producer, kind) -> the largest lag asked
-        for d in deps:
-            if d is not None and d >= 0:
-                bound[(int(d), END_START)] = max(bound.get((int(d), END_START), 0), 0)
-        for d, kind, lag in lagged:
-            if d is not None and d >= 0:
-                key = (int(d), int(kind))
-                bound[key] = max(bound.get(key, 0), int(lag))
-        self._deps.append(sorted((d, kind, lag) for (d, kind), lag in bound.items()))
-        uses = [(self.resource(r), float(x)) for r, x in (resources or {}).items() if x > 0]
-        self._uses.append(sorted(uses))
+        plain = {int(d) for d in deps if d is not None and d >= 0}
+        if not lagged:  # the common case: end -> start, no lag
+            self._deps.append([(d, END_START, 0) for d in sorted(plain)])
+        else:
+            bound = {(d, END_START): 0 for d in plain}  # (producer, kind) -> largest lag
+            for d, kind, lag in lagged:
+                if d is not None and d >= 0:
+                    key = (int(d), int(kind))
+                    bound[key] = max(bound.get(key, 0), int(lag))
+            self._deps.append(sorted((d, kind, lag) for (d, kind), lag in bound.items()))
+        if resources:
+            uses = [(self.resource(r), float(x)) for r, x in resources.items() if x > 0]
+            self._uses.append(sorted(uses))
+        else:
+            self._uses.append([])
         return i
 
     def __len__(self) -> int:
