@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from archsim.config.arch import ArchParams, EnergyParams
 from archsim.core.errors import ConfigError
 from archsim.core.family import Family
@@ -57,7 +59,7 @@ def config_tdp(params: ArchParams) -> tuple[float | None, str | None]:
         if name in ("energy", "cost"):
             continue
         section = getattr(params, name)
-        if hasattr(section, "model_fields") and "tdp_w" in type(section).model_fields:
+        if isinstance(section, BaseModel) and "tdp_w" in type(section).model_fields:
             found.append((float(section.tdp_w), f"{name}.tdp_w"))
     if not found:
         return None, None

@@ -151,7 +151,8 @@ def test_cost_racks_and_rates_are_hand_counts():
     assert tpu["cost_basis"].startswith("rental")
     groq = row_of(archsim.simulate("groq-like", "llama3-8b", **sc))
     per_hour = groq["chips"] * 20000 / (4 * 8760) + groq["power_w"] / 1000 * 0.08
-    assert groq["cost_usd_per_mtok"] == pytest.approx(per_hour / (groq["tokens_per_s"] * 3600) * 1e6)
+    want = per_hour / (groq["tokens_per_s"] * 3600) * 1e6
+    assert groq["cost_usd_per_mtok"] == pytest.approx(want)
     assert groq["racks"] == math.ceil(groq["chips"] / 72)
     assert groq["tokens_per_s_per_rack"] == pytest.approx(groq["tokens_per_s_per_chip"] * 72)
     assert groq["power_w"] == pytest.approx(groq["power_w_per_chip"] * groq["chips"])
