@@ -301,24 +301,50 @@ def _show_placement(result, arch, overrides, err: bool) -> None:
     "--arch", "archs", default="all", show_default=True, help="comma-separated presets, or 'all'"
 )
 @scenario_options
-def compare(
-    archs, model, phase, batch, ctx, seq, precision, chips, layers, overrides, as_json
-) -> None:
-    """Run MODEL on several architectures side by side."""
+@click.option("--slo-tpot", type=float, default=None, metavar="SECONDS",
+              help="per machine, the largest decode batch whose TPOT at load (batch / "
+              "tokens/s) is at most this (--batch is then ignored)")  # fmt: skip
+@click.option("--max-batch", type=int, default=1024, show_default=True,
+              help="the largest batch --slo-tpot tries")  # fmt: skip
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="also write the rows to this CSV file")  # fmt: skip
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="also draw bars per machine and a latency/throughput scatter "
+              "(.png/.svg/.pdf)")  # fmt: skip
+def compare(archs, model, phase, batch, ctx, seq, precision, chips, layers, overrides, as_json,
+            slo_tpot, max_batch, csv_path, plot_path) -> None:  # fmt: skip
+    """Run MODEL on several architectures side by side: chips, racks, latency, tokens/s
+    (per user, system, chip, rack), bound, memory, bandwidth, power, energy and cost per
+    token (docs/compare.md)."""
+    from archsim.compare import compare as compare_rows
+    from archsim.compare import plot_compare, write_csv
     from archsim.pipeline import simulate
     from archsim.report import compare_table
 
     names = _arch_list(archs)
-    _check_archs(names)
+    _check_archs(names)  # an unknown arch exits 2 before anything runs
+    if csv_path:
+        from archsim.outputs import check_target
+
+        check_target(csv_path, "CSV table")
+    if plot_path:
+        from archsim.plot import check_output
+
+        check_output(plot_path)
     scenario = _scenario(phase, batch, ctx, seq, precision, chips, layers, overrides)
-    rows: list[dict[str, Any]] = []
-    for name in names:
-        click.echo(f"simulating {name} ...", err=True)
-        try:
-            r = simulate(name, model, **scenario)
-            rows.append(r.to_dict())
-        except ArchsimError as exc:  # one machine's refusal does not stop the comparison
-            rows.append({"arch": name, "error": str(exc)})
+    rows = compare_rows(
+        names, simulate, model, scenario, slo_tpot_s=slo_tpot, max_batch=max_batch,
+        progress=lambda name: click.echo(f"simulating {name} ...", err=True),
+    )  # fmt: skip
+    for row in rows:
+        for warning in row.get("warnings", []):
+            click.echo(f"archsim: warning: {warning}", err=True)
+    if csv_path:
+        click.echo(f"rows written to {write_csv(rows, csv_path)}", err=True)
+    if plot_path:
+        title = f"{model} · {phase}" + (f" · TPOT <= {slo_tpot:g} s" if slo_tpot else "")
+        click.echo(f"comparison plot written to {plot_compare(rows, plot_path, title)}",
+                   err=True)  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, sort_keys=True))
     else:

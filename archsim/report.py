@@ -88,31 +88,68 @@ def result_table(r: Result) -> None:
     console.print(b)
 
 
+def _cell(value: Any, kind: str, notes: dict[str, int]) -> str:
+    """One table cell; an unknown value is '?' with a footnote number for its reason."""
+    if isinstance(value, str) and value.startswith("unknown:"):
+        reason = value.removeprefix("unknown:").strip()
+        if reason.startswith("refused:"):
+            return "-"
+        n = notes.setdefault(reason, len(notes) + 1)
+        return f"? [{n}]"
+    if kind == "time":
+        return _time(value)
+    if kind == "rate":
+        return f"{value:,.1f}" if value < 1e5 else _si(value, "")
+    if kind == "bytes":
+        return _si(value, "B")
+    if kind == "share":
+        return f"{100 * value:.2g} %"
+    if kind == "watts":
+        return _si(value, "W")
+    if kind == "joules":
+        return _si(value, "J") if value >= 1e-3 else f"{value * 1e3:.3g} mJ"
+    if kind == "usd":
+        return f"${value:,.3g}" if value < 1e3 else f"${value:,.0f}"
+    if kind == "bw":  # B/s per tier, most used first
+        busy = sorted(((b, t) for t, b in value.items() if b > 0), reverse=True)
+        return ", ".join(f"{t} {_si(b, '').replace(' ', '')}" for b, t in busy) or "-"
+    return str(value)
+
+
+COMPARE_TABLES = (
+    ("performance", ("arch", "batch", "chips", "racks", "latency_s", "tokens_per_s_per_user",
+                     "tokens_per_s", "tokens_per_s_per_chip", "tokens_per_s_per_rack", "bound")),
+    ("memory, power, energy and cost", ("arch", "memory_bytes_per_chip", "memory_used_fraction",
+                                        "bandwidth_by_tier", "power_w_per_chip", "tdp_w_per_chip",
+                                        "energy_j_per_token", "cost_usd_per_mtok")),
+)  # fmt: skip
+
+
 def compare_table(rows: list[dict[str, Any]]) -> None:
-    """One row per architecture; refusals (with their reason) are listed under the table."""
-    t = Table(title="archsim compare")
-    cols = ("arch", "chips", "step time", "tok/s", "tok/s/user", "tok/s/chip", "bound")
-    for col in cols:
-        t.add_column(col)
-    refused = []
+    """Two tables, one row per architecture: performance; memory, power, energy and cost.
+    Unknown values are '?' with their reasons as numbered notes; refusals are listed below."""
+    from archsim.compare import COLUMNS
+
+    kinds = {c.key: (c.header, c.kind) for c in COLUMNS}
+    console = Console()
+    notes: dict[str, int] = {}
+    for title, keys in COMPARE_TABLES:
+        t = Table(title=f"archsim compare: {title}")
+        for key in keys:
+            t.add_column(kinds[key][0], justify="left" if key in ("arch", "bound") else "right")
+        for r in rows:
+            t.add_row(*[_cell(r.get(k, "unknown: missing"), kinds[k][1], notes) for k in keys])
+        console.print(t)
+    for reason, n in notes.items():
+        console.print(f"[{n}] {reason}", soft_wrap=True, markup=False)
     for r in rows:
         if "error" in r:
-            t.add_row(r["arch"], *["-"] * (len(cols) - 2), "refused")
-            refused.append(f"{r['arch']}: {r['error']}")
-            continue
-        t.add_row(
-            r["arch"],
-            str(r["chips"]),
-            _time(r["seconds"]),
-            f"{r['tokens_per_s']:,.1f}",
-            f"{r['tokens_per_s_per_user']:,.1f}",
-            f"{r['tokens_per_s'] / r['chips']:,.1f}",
-            r["bound"],
-        )
-    console = Console()
-    console.print(t)
-    for line in refused:
-        console.print(line, soft_wrap=True)
+            console.print(f"{r['arch']}: refused: {r['error']}", soft_wrap=True, markup=False)
+        if r.get("slo_limit"):
+            console.print(
+                f"{r['arch']}: batch {r['batch']} meets TPOT <= {r['slo_tpot_s']:g} s "
+                f"(stopped at {r['slo_limit']})", soft_wrap=True, markup=False,
+            )  # fmt: skip
 
 
 def trace_summary(tr: dict[str, Any]) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError
 
 from archsim.config.yamlio import load_yaml, parse_scalar
 from archsim.core.errors import ConfigError, did_you_mean
@@ -33,6 +35,76 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+def optional(description: str, *, unit: str = "", **kw: Any) -> Any:
+    """An optional config field (``None``: not given), with its description and unit."""
+    extra = {"unit": unit} if unit else {}
+    return Field(None, description=description, json_schema_extra=extra, **kw)
+
+
+class EnergyParams(Section):
+    """Energy figures of one chip for the comparison layer (``archsim compare``,
+    ``archsim.energy``): a step's energy is its counted FLOPs and bytes at these figures plus
+    the static power of every chip over the step's period. Every field is optional; a figure
+    the family's own config already holds (``Family.energy_figures``, e.g. h100-like's
+    ``power.*``; any section's ``tdp_w``) comes from there and must not be repeated here."""
+
+    pj_per_flop: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="dynamic energy per FLOP by the precision the MACs run at (bf16, fp16, "
+        "fp8, int8, int4)",
+        json_schema_extra={"unit": "pJ/FLOP"},
+    )
+    pj_per_byte: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="dynamic energy per byte moved, by memory tier or link as the family's "
+        "Result names them in bytes_by_tier (hbm, l2, nvlink; sram, c2c; ...)",
+        json_schema_extra={"unit": "pJ/B"},
+    )
+    static_w: float | None = optional(
+        "power each chip draws through the whole step whatever it computes (leakage, idle, "
+        "clocks, control)",
+        unit="W",
+        ge=0,
+    )
+    tdp_w: float | None = optional(
+        "power limit per chip, where the family's schema has no tdp_w of its own", unit="W", gt=0
+    )
+
+    def __hash__(self) -> int:  # frozen configs are hashed (cache keys): tables as items
+        return hash(
+            (
+                tuple(sorted(self.pj_per_flop.items())),
+                tuple(sorted(self.pj_per_byte.items())),
+                self.static_w,
+                self.tdp_w,
+            )
+        )
+
+
+class CostParams(Section):
+    """How chips are packaged and priced, for tokens/s per rack and cost per token. Every
+    field is optional; a cost per chip-hour comes from ``usd_per_chip_hour`` (a rental or
+    all-in price) or from ``price_usd_per_chip`` over ``amortization_years``; electricity at
+    ``usd_per_kwh`` is added to the latter only (a rental price includes it)."""
+
+    chips_per_node: int | None = optional("chips in one server / tray / node", gt=0)
+    chips_per_rack: int | None = optional("chips in one rack", gt=0)
+    usd_per_chip_hour: float | None = optional(
+        "price of one chip for one hour (cloud on-demand or all-in)", unit="USD/h", gt=0
+    )
+    price_usd_per_chip: float | None = optional(
+        "purchase price of one chip (its share of the system)", unit="USD", gt=0
+    )
+    amortization_years: float | None = optional(
+        "years over which the purchase price is written off", unit="year", gt=0
+    )
+    usd_per_kwh: float | None = optional(
+        "electricity price (applied to the simulated power when the cost is a purchase price)",
+        unit="USD/kWh",
+        ge=0,
+    )
+
+
 class ArchParams(Section):
     """Fields every architecture config has; families subclass it and add their sections."""
 
@@ -40,6 +112,12 @@ class ArchParams(Section):
     family: str = Field(..., description="registered cycle model that runs this config")
     description: str = Field("", description="one line shown by `archsim list archs`")
     extends: str | None = Field(None, description="preset this one was derived from")
+    energy: EnergyParams | None = Field(
+        None, description="energy figures (archsim compare): pJ per FLOP and byte, static W"
+    )
+    cost: CostParams | None = Field(
+        None, description="packaging and price (archsim compare): chips per rack, USD"
+    )
 
     def digest(self) -> str:
         """Short hash of the resolved config, recorded in every output."""
@@ -111,12 +189,29 @@ def parse_overrides(items: list[str] | tuple[str, ...] | dict[str, Any] | None) 
     return out
 
 
+def _section_of(ann: Any) -> type[BaseModel] | None:
+    """The Section a field holds (``X`` or ``X | None``), else None."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
+        inner = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(inner) == 1:
+            return _section_of(inner[0])
+    return None
+
+
+def _is_mapping(ann: Any) -> bool:
+    return typing.get_origin(ann) is dict
+
+
 def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, info in model.model_fields.items():
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_schema_keys(ann, f"{prefix}{name}."))
+        section = _section_of(info.annotation)
+        if section is not None:
+            keys.extend(_schema_keys(section, f"{prefix}{name}."))
+        elif _is_mapping(info.annotation):
+            keys.append(f"{prefix}{name}.<key>")
         else:
             keys.append(f"{prefix}{name}")
     return keys
@@ -136,11 +231,15 @@ def apply_override(raw: dict[str, Any], schema: type[BaseModel], key: str, value
             )
         ann = fields[part].annotation
         last = i == len(parts) - 1
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
+        section = _section_of(ann)
+        if section is not None:
             if last:
                 raise ConfigError(f"config key {key!r} is a section; set one of its fields")
             node = node.setdefault(part, {})
-            model = ann
+            model = section
+        elif _is_mapping(ann) and i == len(parts) - 2:  # a table entry: energy.pj_per_byte.hbm
+            node.setdefault(part, {})[parts[-1]] = value
+            return
         elif not last:
             raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is a value")
         else:
@@ -164,6 +263,21 @@ def load_arch(name: str, overrides: dict[str, Any] | None = None) -> ArchParams:
     for key, value in (overrides or {}).items():
         apply_override(raw, family.Params, key, value)
     try:
-        return family.Params.model_validate(raw)
+        params = family.Params.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(one_line_error(exc, str(raw.get("name")))) from None
+    _check_energy_tiers(params, family)
+    return params
+
+
+def _check_energy_tiers(params: ArchParams, family: Any) -> None:
+    """``energy.pj_per_byte`` names only tiers the family's Result reports."""
+    if params.energy is None:
+        return
+    tiers = sorted(family.tiers.values())
+    for tier in params.energy.pj_per_byte:
+        if tier not in tiers:
+            raise ConfigError(
+                f"arch config {params.name!r}: energy.pj_per_byte.{tier}: {family.name} has no "
+                f"tier {tier!r}{did_you_mean(tier, tiers)} (its tiers: {', '.join(tiers)})"
+            )

@@ -132,6 +132,15 @@ class Family(ABC):
         """Family-specific outputs merged into the Result (optional)."""
         return {}
 
+    def energy_figures(self, p: Any, extra: dict[str, Any]) -> dict[str, Any]:
+        """Energy figures the family's own config already holds (one source of truth per
+        number), for the run whose ``summarize`` output is ``extra``: any of ``tdp_w``,
+        ``static_w`` (W per chip), ``pj_per_flop`` ({precision: pJ}) and ``pj_per_byte``
+        ({tier: pJ}). The config's ``energy:`` section supplies the others and must not repeat
+        these (``archsim/energy.py``). Default: none (a ``tdp_w`` field of any section of
+        the config is found without this hook)."""
+        return {}
+
     def instruction_estimate(self, g: Any, plan: Plan, p: Any, sc: Any) -> int:
         """An upper estimate of the instructions ``lower`` will emit for the partitioned
         graph ``g`` (checked against ``--max-instructions`` before lowering). Default: 16

@@ -105,6 +105,31 @@ class GpuFamily(Family):
             "mean_sm_clock_hz": _mean_clock(stream, tl.duration, self._timing_choice(stream, p)),
         }
 
+    def energy_figures(self, p: GpuParams, extra: dict[str, Any]) -> dict[str, Any]:
+        """The power model's figures (``power.*``, the source of the SM clock) at the run's
+        time-weighted mean SM clock f, s = f / boost: static = idle + SM dynamic x s^e (the SMs
+        run kernels through the whole step), pJ per FLOP = tensor dynamic W x s^(e-1) / the
+        tensor FLOP/s at boost (energy per operation ~ V^2 ~ f^(e-1)), HBM pJ per byte as the
+        power model charges it. e = power.clock_exponent."""
+        pw, c = p.power, p.chip
+        f = float(extra.get("mean_sm_clock_hz") or c.boost_clock_hz)
+        s = min(f / c.boost_clock_hz, 1.0)
+        rates = {
+            "bf16": c.tensor_flops_per_clk_per_sm_bf16,
+            "fp16": c.tensor_flops_per_clk_per_sm_bf16,
+            "fp8": c.tensor_flops_per_clk_per_sm_fp8,
+            "int8": c.tensor_ops_per_clk_per_sm_int8,
+        }
+        per_op = pw.tensor_dynamic_w * s ** (pw.clock_exponent - 1.0) * 1e12
+        return {
+            "tdp_w": pw.tdp_w,
+            "static_w": pw.idle_w + pw.sm_dynamic_w * s**pw.clock_exponent,
+            "pj_per_flop": {
+                k: per_op / (r * c.sms * c.boost_clock_hz) for k, r in rates.items() if r > 0
+            },
+            "pj_per_byte": {"hbm": pw.hbm_energy_j_per_byte * 1e12},
+        }
+
     def _timing_choice(self, stream: InstructionStream, p: GpuParams) -> np.ndarray:
         return gpu_timing(stream, p).choice
 

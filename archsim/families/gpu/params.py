@@ -171,7 +171,16 @@ class GpuKernel(Section):
 
 
 class GpuLinks(Section):
-    scale_up_domain: int = field("GPUs on one NVLink domain (tensor parallelism limit)")
+    scale_up_domain: int = field(
+        "GPUs on one NVLink domain (8 HGX, 72 NVL72, 576 a two-level NVLink fabric); "
+        "collectives across domains pay the scale-out network"
+    )
+    max_tensor_parallel: int = field(
+        "largest tensor parallelism the planner uses (0: the scale-up domain); above the "
+        "domain every all-reduce is hierarchical (NVLink inside, scale-out links across)",
+        gt=None,
+        ge=0,
+    )
     nvlink_bw_bytes_per_s: float = field(
         "NVLink bandwidth per GPU per direction, achieved", unit="B/s"
     )
@@ -200,6 +209,15 @@ class GpuLinks(Section):
     nccl_ll128_enabled: bool = field(
         "LL128 is allowed (NCCL enables it over NVLink, not over PCIe)", gt=None
     )
+    nccl_nvls_enabled: bool = field(
+        "NCCL may run an all-reduce as NVLS (NVLink SHARP: the NVSwitch reduces; latency "
+        "independent of the ranks)",
+        gt=None,
+    )
+    nccl_nvls_latency_s: float = field("latency of an NVLS all-reduce", unit="s")
+    nccl_nvls_efficiency: float = field(
+        "algorithm bandwidth of NVLS as a share of the NVLink bus bandwidth", le=1
+    )
     nccl_threads: int = field("threads per channel of LL and Simple kernels")
     nccl_ll128_threads: int = field("threads per channel of LL128 kernels")
     nccl_ll_bytes_per_thread: float = field(
@@ -212,8 +230,21 @@ class GpuLinks(Section):
     nccl_simple_bytes_per_thread: float = field(
         "Simple channel threshold: bytes per thread below which NCCL drops a channel", unit="B"
     )
-    scaleout_bw_bytes_per_s: float = field("network bandwidth per GPU between nodes", unit="B/s")
-    scaleout_latency_s: float = field("one message between nodes", unit="s")
+    scaleout_bw_bytes_per_s: float = field(
+        "scale-out network bandwidth per GPU (its NIC) between NVLink domains", unit="B/s"
+    )
+    scaleout_latency_s: float = field(
+        "one message between domains at the endpoints (NIC, RDMA, software), switches excluded",
+        unit="s",
+    )
+    scaleout_switch_hops: int = field(
+        "switches a message between domains crosses (1: a rail's leaf; 3: leaf-spine-leaf)",
+        gt=None,
+        ge=0,
+    )
+    scaleout_switch_latency_s: float = field(
+        "port-to-port latency of one scale-out switch", unit="s", gt=None, ge=0
+    )
 
 
 class GpuPower(Section):

@@ -86,13 +86,19 @@ class GpuTiming(NamedTuple):
     ll_max_bw: float  # B/s
     ll128_ch_bw: float  # B/s per channel
     ll128_on: float
+    nvls_on: float  # NVLink SHARP all-reduce available (NVSwitch gen 3+)
+    nvls_lat: float  # s
+    nvls_eff: float  # algorithm bandwidth / bus bandwidth of NVLS
     nccl_threads: int
     nccl_ll128_threads: int
     ll_thr: float  # B per thread per rank
     ll128_thr: float  # B per thread
     simple_thr: float  # B per thread
-    so_bw: float  # B/s
-    so_lat: float  # s
+    so_bw: float  # B/s per GPU (its NIC)
+    so_lat: float  # s, endpoints of one message between domains
+    so_hops: int  # scale-out switches a message crosses
+    so_switch_lat: float  # s per switch
+    domain: int  # GPUs on one NVLink domain
     tdp: float  # W
     idle_w: float
     hbm_j_per_b: float
@@ -429,24 +435,31 @@ def allreduce_seconds(nbytes, ranks, q):
     algorithm bandwidth is bus x n / 2(n-1). NCCL picks the protocol with the least modelled
     time at full channels; the kernel then runs on the channels (and threads) left after
     its small-message tuning (enqueue.cc), each carrying 1/channels of the bandwidth.
-    Returns (seconds, protocol: 0 LL, 1 LL128, 2 Simple, channels used)."""
+    With NVLink SHARP (``nccl_nvls_enabled``) NCCL's NVLS algorithm is a fourth choice.
+    Returns (seconds, protocol: 0 LL, 1 LL128, 2 Simple, 3 NVLS, channels used)."""
     if ranks <= 1:
         return 0.0, 0, 0
     steps = 2 * (ranks - 1)
     ratio = ranks / steps
     bus = q.nvlink_bw
-    bws = np.zeros(3)
-    lats = np.zeros(3)
+    bws = np.zeros(4)
+    lats = np.zeros(4)
     bws[0] = min(q.ll_max_bw, bus * q.ll_eff) * ratio
     lats[0] = q.ll_base + steps * q.ll_hop
     bws[1] = min(bus * q.ll128_eff, q.nccl_channels * q.ll128_ch_bw) * ratio
     lats[1] = q.ll128_base + steps * q.ll128_hop
     bws[2] = bus * ratio
     lats[2] = q.simple_base + steps * q.simple_hop
+    # NVLS: the NVSwitch reduces in the fabric (NVLink SHARP), so the latency does not grow
+    # with the ranks: NCCL charges hwLat[NVLINK][NVLS][Simple] and bus x 5/6 (tuning.cc)
+    bws[3] = bus * q.nvls_eff
+    lats[3] = q.nvls_lat
     best = 0
     best_t = 1e30
-    for proto in range(3):
+    for proto in range(4):
         if proto == 1 and q.ll128_on == 0.0:
+            continue
+        if proto == 3 and q.nvls_on == 0.0:
             continue
         t = lats[proto] + nbytes / bws[proto]
         if t < best_t:
@@ -461,6 +474,56 @@ def allreduce_seconds(nbytes, ranks, q):
     nc, _ = nccl_channels_used(nbytes, q.nccl_channels, threads, thr)
     bw = bws[best] * nc / q.nccl_channels
     return q.gap + lats[best] + nbytes / bw, best, nc
+
+
+@njit
+def scaleout_message_seconds(q):
+    """One message between NVLink domains: its endpoints (NIC, RDMA, software) and every
+    switch it crosses."""
+    return q.so_lat + q.so_hops * q.so_switch_lat
+
+
+@njit
+def scaleout_seconds(nbytes, steps, q):
+    """A phase of a collective over the scale-out network: ``steps`` dependent rounds of
+    messages, each GPU pushing ``nbytes`` in all through its own NIC (the GPUs of a domain
+    use their NICs in parallel). For the MoE all-to-all across domains: steps = 1 and
+    nbytes = the bytes a GPU sends to other domains."""
+    if nbytes <= 0.0 and steps <= 0:
+        return 0.0
+    return steps * scaleout_message_seconds(q) + nbytes / q.so_bw
+
+
+@njit
+def domain_ranks(ranks, domain):
+    """Ranks of a collective that share one NVLink domain: the largest divisor of ``ranks``
+    not above the domain (128 ranks on 72-GPU domains: 2 groups of 64)."""
+    d = min(ranks, max(domain, 1))
+    while ranks % d != 0:
+        d -= 1
+    return d
+
+
+@njit
+def collective_allreduce_seconds(nbytes, ranks, q):
+    """All-reduce of ``nbytes`` per GPU over ``ranks`` GPUs. Inside one NVLink domain: NCCL's
+    ring (``allreduce_seconds``). Across domains, hierarchically (NCCL's tree / NVLS-tree
+    structure): a reduce-scatter inside each domain of d ranks, an all-reduce of each GPU's
+    1/d shard across the g = ranks/d domains on the scale-out network (a ring: 2(g-1)
+    dependent messages, 2(g-1)/g of the shard through each NIC), an all-gather inside the
+    domain. Reduce-scatter + all-gather over a ring move what one ring all-reduce moves, so
+    the two NVLink phases cost one intra-domain all-reduce. Returns (seconds, protocol,
+    channels, domains)."""
+    d = domain_ranks(ranks, q.domain)
+    g = ranks // d
+    t, proto, nc = allreduce_seconds(nbytes, d, q)
+    if g <= 1:
+        return t, proto, nc, 1
+    shard = nbytes / d
+    t += scaleout_seconds(2.0 * (g - 1) / g * shard, 2 * (g - 1), q)
+    if d == 1:
+        t += q.gap  # no NVLink phase launched the kernel
+    return t, proto, nc, g
 
 
 @njit
@@ -502,12 +565,13 @@ def kernel_seconds(
             offchip[i] + onchip[i], onchip[i] > 0.0, g[i], m[i], n[i], h[i], aux[i], k[i], q
         )
     elif op == ALL_REDUCE:
-        t, proto, nc = allreduce_seconds(link[i], g[i], q)
-        choice[i] = proto * 1000 + nc
+        t, proto, nc, domains = collective_allreduce_seconds(link[i], g[i], q)
+        choice[i] = (domains - 1) * 1000000 + proto * 1000 + nc
     elif op == SEND_RECV:
-        crosses_nodes = aux[i] == 1
-        lat = q.so_lat if crosses_nodes else q.ll_base
-        t = q.gap + lat + link[i] / (q.so_bw if crosses_nodes else q.nvlink_bw)
+        if aux[i] == 1:  # the next stage is in another NVLink domain
+            t = q.gap + scaleout_seconds(link[i], 1, q)
+        else:
+            t = q.gap + q.ll_base + link[i] / q.nvlink_bw
     elif op == LAUNCH:
         t = q.eager_gemm_launch if aux[i] == 1 else q.eager_launch
     elif op == ALL_TO_ALL:
@@ -715,6 +779,9 @@ def timing_record(p) -> GpuTiming:
         ll_max_bw=ln.nccl_ll_max_bw_bytes_per_s,
         ll128_ch_bw=ln.nccl_ll128_channel_bw_bytes_per_s,
         ll128_on=1.0 if ln.nccl_ll128_enabled else 0.0,
+        nvls_on=1.0 if ln.nccl_nvls_enabled else 0.0,
+        nvls_lat=ln.nccl_nvls_latency_s,
+        nvls_eff=ln.nccl_nvls_efficiency,
         nccl_threads=ln.nccl_threads,
         nccl_ll128_threads=ln.nccl_ll128_threads,
         ll_thr=ln.nccl_ll_bytes_per_thread,
@@ -722,6 +789,9 @@ def timing_record(p) -> GpuTiming:
         simple_thr=ln.nccl_simple_bytes_per_thread,
         so_bw=ln.scaleout_bw_bytes_per_s,
         so_lat=ln.scaleout_latency_s,
+        so_hops=ln.scaleout_switch_hops,
+        so_switch_lat=ln.scaleout_switch_latency_s,
+        domain=ln.scale_up_domain,
         tdp=pw.tdp_w,
         idle_w=pw.idle_w,
         hbm_j_per_b=pw.hbm_energy_j_per_byte,
@@ -775,6 +845,11 @@ def decode_gemm_choice(code: int) -> dict[str, int]:
 
 
 def decode_allreduce_choice(code: int) -> dict[str, object]:
-    """The NCCL protocol and channels an all-reduce's choice code holds."""
+    """The NCCL protocol, channels and NVLink domains an all-reduce's choice code holds
+    ((domains - 1) x 1e6 + protocol x 1e3 + channels)."""
     code %= CLOCK_CODE
-    return {"nccl_protocol": ("LL", "LL128", "Simple")[code // 1000], "nccl_channels": code % 1000}
+    return {
+        "nccl_protocol": ("LL", "LL128", "Simple", "NVLS")[code // 1000 % 1000],
+        "nccl_channels": code % 1000,
+        "nvlink_domains": code // 1_000_000 + 1,
+    }
