@@ -344,15 +344,10 @@ def _expert_ffn(op: Op, emit, l2: float) -> int:
 
 
 def _all_to_all(op: Op, emit, p: GpuParams) -> int:
-    """Dispatch, combine, all-gather or reduce-scatter among the GPUs of one NVLink domain
-    (DeepEP intranode kernels): every GPU sends to and receives from all peers at once
-    through the NVSwitch, so the busier direction's bytes (``k``) over one GPU's NVLink
-    bandwidth, plus the NCCL LL base latency, set its time."""
-    if op.group > p.links.scale_up_domain:
-        raise ScenarioError(
-            f"h100-like models an all-to-all inside one NVLink domain of "
-            f"{p.links.scale_up_domain} GPUs; {op.group} ranks asked"
-        )
+    """Dispatch, combine, all-gather or reduce-scatter (DeepEP-style kernels): every GPU
+    sends to and receives from all peers at once, through the NVSwitch inside its NVLink
+    domain and through its NIC to other domains (``timing.collective_all_to_all_seconds``);
+    the busier direction's bytes are the ``k`` column."""
     busier = max(op.link_bytes, float(op.dim("recv_bytes")))
     return emit(
         op, "all_to_all", g=op.group, m=op.dim("m"), n=op.dim("n"), k=math.ceil(busier),

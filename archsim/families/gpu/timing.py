@@ -505,6 +505,20 @@ def domain_ranks(ranks, domain):
 
 
 @njit
+def collective_all_to_all_seconds(busier_bytes, ranks, q):
+    """An all-to-all over ``ranks`` GPUs (MoE dispatch/combine). Inside one NVLink domain:
+    ``all_to_all_seconds``. Across domains, a GPU's bytes go to every peer alike, so the
+    share bound for other domains, (ranks - d) / (ranks - 1), leaves through its NIC
+    (``scaleout_seconds``) while the rest crosses NVLink, both at once."""
+    d = domain_ranks(ranks, q.domain)
+    if ranks <= d:
+        return all_to_all_seconds(busier_bytes, q.gap, q.ll_base, q.nvlink_bw)
+    outside = busier_bytes * (ranks - d) / max(ranks - 1, 1)
+    inside = all_to_all_seconds(busier_bytes - outside, 0.0, q.ll_base, q.nvlink_bw)
+    return q.gap + max(inside, scaleout_seconds(outside, 1, q))
+
+
+@njit
 def collective_allreduce_seconds(nbytes, ranks, q):
     """All-reduce of ``nbytes`` per GPU over ``ranks`` GPUs. Inside one NVLink domain: NCCL's
     ring (``allreduce_seconds``). Across domains, hierarchically (NCCL's tree / NVLS-tree
@@ -575,7 +589,7 @@ def kernel_seconds(
     elif op == LAUNCH:
         t = q.eager_gemm_launch if aux[i] == 1 else q.eager_launch
     elif op == ALL_TO_ALL:
-        t = all_to_all_seconds(float(k[i]), q.gap, q.ll_base, q.nvlink_bw)
+        t = collective_all_to_all_seconds(float(k[i]), g[i], q)
     return t, tc
 
 
