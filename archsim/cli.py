@@ -724,6 +724,12 @@ def serve_options(f):
             help="an unused cached context leaves the device after this many seconds",
         ),
         opt("--no-reuse", is_flag=True, help="keep nothing after a request (no prefix reuse)"),
+        opt(
+            "--pair",
+            default=None,
+            help="a named disaggregated pairing (arch_configs/pairs/NAME.yaml, e.g. "
+            "vera-rubin-lpx): its prefill arch, decode arch and KV link",
+        ),  # fmt: skip
         opt("--prefill-arch", default=None, help="disaggregation: prefill instances' preset"),
         opt("--decode-arch", default=None, help="disaggregation: decode instances' preset"),
         opt("--prefill-chips", default="auto", show_default=True),
@@ -772,6 +778,31 @@ def serve_options(f):
     return f
 
 
+def _apply_pair(kw: dict[str, Any]) -> dict[str, Any]:
+    """``--pair NAME``: the pairing's prefill arch, decode arch and KV link, where the
+    command line does not give them; the colocated comparison runs on the prefill arch."""
+    from archsim.config.yamlio import load_yaml
+    from archsim.core.errors import did_you_mean
+    from archsim.core.paths import data_dir
+
+    folder = data_dir("arch_configs") / "pairs"
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    if kw["pair"] not in names:
+        raise ArchsimError(
+            f"unknown pairing {kw['pair']!r}{did_you_mean(kw['pair'], names)} "
+            f"(pairings: {', '.join(names)})"
+        )
+    pair = load_yaml(folder / f"{kw['pair']}.yaml")
+    kw = dict(kw)
+    for key in ("prefill_arch", "decode_arch"):
+        kw[key] = kw[key] or pair[key]
+    if kw["kv_link"] == "ib-ndr" and pair.get("kv_link"):  # the default was not overridden
+        kw["kv_link"] = pair["kv_link"]
+    if kw["arch"] == DEFAULT_ARCH:
+        kw["arch"] = kw["prefill_arch"]
+    return kw
+
+
 def _serve_setup(kw: dict[str, Any]):
     """(ServeConfig, requests, make_requests(rate)) from the serve options."""
     from archsim.serve import Lengths, Machine, SchedulerConfig, ServeConfig, SpecConfig
@@ -785,6 +816,8 @@ def _serve_setup(kw: dict[str, Any]):
         except ValueError:
             raise ArchsimError(f"{what} must be 'auto' or a count, got {v!r}") from None
 
+    if kw.get("pair"):
+        kw = _apply_pair(kw)
     prompt = Lengths.parse(kw["prompt_tokens"], "--prompt-tokens")
     output = Lengths.parse(kw["output_tokens"], "--output-tokens")
 

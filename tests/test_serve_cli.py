@@ -173,3 +173,18 @@ def test_request_longer_than_the_model_is_refused():
     code, _, err = cli("serve", "--model", "llama2-70b", "--requests", "5",
                        "--prompt-tokens", "4000", "--output-tokens", "200")  # fmt: skip
     assert code == 2 and "max_position_embeddings 4096" in err
+
+
+def test_named_pairing_sets_prefill_decode_and_link():
+    """`--pair vera-rubin-lpx` (arch_configs/pairs/) is --prefill-arch rubin --decode-arch
+    groq3-lpx over its KV link, with the colocated comparison on the prefill arch; an unknown
+    pairing is one line naming the valid ones."""
+    code, stdout, err = cli("serve", "--pair", "vera-rubin-lpx", "--model", "llama3-8b",
+                            "--rate", "2", "--requests", "20", "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["deployment"]["prefill"]["arch"] == "rubin"
+    assert doc["deployment"]["decode"]["arch"] == "groq3-lpx"
+    assert doc["config"]["kv_link"] == "ib-xdr" and doc["config"]["machine"]["arch"] == "rubin"
+    code, _, err = cli("serve", "--pair", "vera-rubin-lp")
+    assert code == 2 and "did you mean 'vera-rubin-lpx'" in err
