@@ -50,6 +50,7 @@ def replacing(path: str | Path, what: str = "output") -> Iterator[Path]:
     try:
         yield tmp_path
         check_target(path, what)  # still a regular file (or absent) at rename time
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp made it private; a normal file is not
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -57,6 +58,12 @@ def replacing(path: str | Path, what: str = "output") -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str, what: str = "output") -> Path:
