@@ -26,8 +26,16 @@ class _PointTimeout(Exception):
     pass
 
 
-def _on_alarm(signum, frame):  # pragma: no cover - runs in a signal handler
-    raise _PointTimeout
+def _alarm(fired: list[bool]):
+    """A SIGALRM handler that records the timeout, then interrupts the point. The record
+    counts even where the exception is swallowed (a handler landing in a garbage-collection
+    or weakref callback prints and drops it): the point is still a timeout."""
+
+    def handler(signum, frame):  # pragma: no cover - runs in a signal handler
+        fired[0] = True
+        raise _PointTimeout
+
+    return handler
 
 
 def resolved_key(point: SweepPoint) -> tuple[str, str, str]:
@@ -67,8 +75,10 @@ def simulate_point(point: SweepPoint, key: str = "", timeout_s: float | None = N
         **point.overrides,
     }
     alarm = timeout_s is not None and threading.current_thread() is threading.main_thread()
+    fired = [False]
+    timed_out = {**row, "error": f"timed out after {timeout_s:g} s (--point-timeout)"}
     if alarm:
-        old = signal.signal(signal.SIGALRM, _on_alarm)
+        old = signal.signal(signal.SIGALRM, _alarm(fired))
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
         r = simulate(
@@ -86,11 +96,13 @@ def simulate_point(point: SweepPoint, key: str = "", timeout_s: float | None = N
     except (ArchsimError, ValueError) as exc:
         return {**row, "error": str(exc)}
     except _PointTimeout:
-        return {**row, "error": f"timed out after {timeout_s:g} s (--point-timeout)"}
+        return timed_out
     finally:
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
+    if fired[0]:
+        return timed_out
     return {
         **row,
         "chips": r.chips,
