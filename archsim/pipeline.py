@@ -313,6 +313,44 @@ def critical_time(stream, tl) -> tuple[np.ndarray, np.ndarray]:
     cycles = np.zeros(n, dtype=np.float64)
     if n == 0:
         return on, cycles
+    # the previous instruction of each one's unit, in program order
+    by_unit = np.lexsort((np.arange(n), stream.unit))
+    unit_prev = np.full(n, -1, dtype=np.int64)
+    same = stream.unit[by_unit[1:]] == stream.unit[by_unit[:-1]]
+    unit_prev[by_unit[1:][same]] = by_unit[:-1][same]
+    # plain lists: the walk reads single elements, which numpy arrays serve slowly
+    start_, end_, release = tl.start.tolist(), tl.end.tolist(), tl.release.tolist()
+    ptr, idx = stream.dep_ptr.tolist(), stream.dep_idx.tolist()
+    kinds, lags = stream.dep_kind.tolist(), stream.dep_lag.tolist()
+    prev = unit_prev.tolist()
+    i, at_end, cursor = int(np.argmax(tl.end)), True, 0
+    while i >= 0:
+        on[i] = True
+        deps = [(idx[k], kinds[k], lags[k]) for k in range(ptr[i], ptr[i + 1])]
+        if at_end:
+            drained = next(
+                (j for j, kind, lag in deps
+                 if kind == START_START and end_[j] + lag == end_[i] and end_[j] < end_[i]),
+                -1,
+            )  # fmt: skip
+            if drained >= 0:
+                cycles[i] += end_[i] - end_[drained]
+                i = drained
+                continue
+            cycles[i] += end_[i] - start_[i]
+        else:
+            cycles[i] += cursor - start_[i]
+        start = start_[i]
+        nxt, at_end = -1, True
+        for j, kind, lag in deps:
+            bound = (start_[j] if kind == START_START else end_[j]) + lag
+            if bound == start:
+                nxt, at_end, cursor = j, kind != START_START, start
+                break
+        if nxt < 0 and prev[i] >= 0 and release[prev[i]] == start:
+            nxt = prev[i]
+        i = nxt
+    return on, cycles
     unit_prev = np.full(n, -1)
     last_on_unit: dict[int, int] = {}
     for i in range(n):

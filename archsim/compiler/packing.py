@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 
 import networkx as nx
 
@@ -33,7 +32,7 @@ from archsim.core.plan import Plan
 from archsim.graph.build import ELEM_BYTES, expert_ffn_part, ops_in_order
 from archsim.graph.model import ModelSpec
 from archsim.graph.moe import rank_blocks
-from archsim.graph.ops import A2A_COMBINE, A2A_DISPATCH, Op, OpKind
+from archsim.graph.ops import A2A_COMBINE, A2A_DISPATCH, Op, OpKind, replace
 from archsim.graph.scenario import Scenario
 
 # ops wider than 1/PACKING_GRAIN of a chip are cut into output slices of about that size, so
@@ -317,7 +316,8 @@ def plan_sram(
         )
     mb = -(-sc.batch // min(sc.batch, pp))  # one micro-batch per stage, as far as they go
     first_ids = [ops[i].id for i in starts]
-    _, expert_stages = merge_expert_slices(g, chunks, first_ids)
+    moe = any(d["op"].kind == OpKind.EXPERT_FFN for _, d in g.nodes(data=True))
+    expert_stages = merge_expert_slices(g, chunks, first_ids)[1] if moe else {}
     return Plan(
         tp=tp,
         pp=pp,
@@ -343,6 +343,8 @@ def merge_expert_slices(
     experts: one grouped GEMM, one dispatch, one all-reduce and one combine per stage.
     Also returns, per expert op, the stages its experts span (its expert parallelism)."""
     split = split_wide_ops(g, chunks)
+    if not any(d["op"].kind == OpKind.EXPERT_FFN for _, d in g.nodes(data=True)):
+        return split, {}  # a dense model: nothing to merge
     first, stage = set(first_ids), -1
     runs: dict[tuple[str, int], list[Op]] = {}
     for op in ops_in_order(split):

@@ -28,7 +28,6 @@ bound for a skewed one.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import networkx as nx
 
@@ -44,6 +43,7 @@ from archsim.graph.ops import (
     A2A_REDUCE_SCATTER,
     Op,
     OpKind,
+    replace,
 )
 from archsim.graph.scenario import Scenario
 from archsim.graph.totals import kv_bytes_per_token

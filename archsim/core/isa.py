@@ -371,7 +371,7 @@ class StreamBuilder:
         self.resource_names: list[str] = []
         self._res: dict[str, int] = {}
         self.meta: dict[str, str] = {}
-        self._rows: dict[str, list] = {name: [] for name in COLUMNS}
+        self._rows: list[tuple] = []
         self._deps: list[list[tuple[int, int, int]]] = []
         self._uses: list[list[tuple[int, float]]] = []
 
@@ -424,27 +424,11 @@ class StreamBuilder:
         if unit not in self._unit:
             self.unit(unit)
         i = len(self._deps)
-        row = {
-            "opcode": self._opcode[opcode],
-            "unit": self._unit[unit],
-            "chip": chip,
-            "m": m,
-            "n": n,
-            "k": k,
-            "g": g,
-            "h": h,
-            "aux": aux,
-            "offchip_bytes": offchip_bytes,
-            "onchip_bytes": onchip_bytes,
-            "link_bytes": link_bytes,
-            "flops": flops,
-            "issue": issue,
-            "layer": layer,
-            "op": self._op_index(op),
-            "copy": copy,
-        }
-        for name, value in row.items():
-            self._rows[name].append(value)
+        # one tuple per instruction, in COLUMNS order (columns are built once, in build())
+        self._rows.append((
+            self._opcode[opcode], self._unit[unit], chip, m, n, k, g, h, aux, offchip_bytes,
+            onchip_bytes, link_bytes, flops, issue, layer, self._op_index(op), copy,
+        ))  # fmt: skip
         plain = {int(d) for d in deps if d is not None and d >= 0}
         if not lagged:  # the common case: end -> start, no lag
             self._deps.append([(d, END_START, 0) for d in sorted(plain)])
@@ -466,7 +450,11 @@ class StreamBuilder:
         return len(self._deps)
 
     def build(self) -> InstructionStream:
-        cols = {name: np.asarray(self._rows[name], dtype=dtype) for name, dtype in COLUMNS.items()}
+        columns = list(zip(*self._rows, strict=True)) if self._rows else [()] * len(COLUMNS)
+        cols = {
+            name: np.asarray(col, dtype=dtype)
+            for (name, dtype), col in zip(COLUMNS.items(), columns, strict=True)
+        }
         dep_ptr = _ptr([len(d) for d in self._deps])
         flat = [x for ds in self._deps for x in ds]
         res_ptr = _ptr([len(u) for u in self._uses])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 from archsim.graph.moe import ExpertLoad
@@ -118,3 +118,18 @@ class Op:
         if self.kind == OpKind.ALL_TO_ALL:
             return A2A_PATTERNS[self.dim("pattern")]
         return _SLICE_SUFFIX.sub("", _LAYER_PREFIX.sub("", self.id))
+
+
+_OP_FIELDS = frozenset(f.name for f in fields(Op))
+
+
+def replace(op: Op, **changes) -> Op:
+    """``dataclasses.replace`` for an Op, as a field copy (an Op has no ``__post_init__``):
+    the partition passes make thousands of them per whole-model plan."""
+    unknown = set(changes) - _OP_FIELDS
+    if unknown:
+        raise TypeError(f"Op has no field(s) {', '.join(sorted(unknown))}")
+    new = object.__new__(Op)
+    new.__dict__.update(op.__dict__)
+    new.__dict__.update(changes)
+    return new
