@@ -76,7 +76,7 @@ def simulate_point(point: SweepPoint, key: str = "", timeout_s: float | None = N
     }
     alarm = timeout_s is not None and threading.current_thread() is threading.main_thread()
     fired = [False]
-    timed_out = {**row, "error": f"timed out after {timeout_s:g} s (--point-timeout)"}
+    timed_out = {**row, "error": f"timed out after {timeout_s or 0:g} s (--point-timeout)"}
     if alarm:
         old = signal.signal(signal.SIGALRM, _alarm(fired))
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
