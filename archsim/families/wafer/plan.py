@@ -190,9 +190,11 @@ def _layout_for_width(blocks, cols, env, sc, p, chips, forced_rows) -> Layout | 
         return None
     n_layers = n_layers_of(blocks)
     layers = [i for i, (layer, _) in enumerate(blocks) if 0 <= layer < n_layers]
-    template = blocks[layers[0]][1]
-    others = {i: min_rows(ops, cols, env, sc, p, height) for i, (_, ops) in enumerate(blocks)
-              if i not in layers}  # fmt: skip
+    shaped = template_layers(blocks, layers)  # the layers that share the optimised shape
+    template = blocks[shaped[0]][1]
+    sized: dict[tuple, int] = {}  # blocks of one signature need the same rows
+    others = {i: _min_rows_of(ops, sized, cols, env, sc, p, height)
+              for i, (_, ops) in enumerate(blocks) if i not in shaped}  # fmt: skip
     lo = min_rows(template, cols, env, sc, p, height)
     if forced_rows:
         if forced_rows < lo:
@@ -225,15 +227,40 @@ def _layout_for_width(blocks, cols, env, sc, p, chips, forced_rows) -> Layout | 
     cand = np.arange(lo, hi + 1)
     layer = price_block(template, cols, cand, env, sc, p).cycles
     hop = p.fabric.hop_cycles
-    est = len(layers) * (layer + cand * hop)  # + one region's height of hops per layer
+    est = len(shaped) * (layer + cand * hop)  # + one region's height of hops per layer
     best = int(np.argmin(est))
     h = int(cand[best])
     heights, slots = place(h)
     extra = sum(
         float(price_block(ops, cols, others[i], env, sc, p).cycles[0]) for i, (_, ops) in
-        enumerate(blocks) if i not in layers
+        enumerate(blocks) if i not in shaped
     )  # fmt: skip
     return Layout(cols, h, heights, slots, float(est[best]) + extra)
+
+
+def layer_signature(ops: list[Op]) -> tuple:
+    """What makes two blocks need the same region: their ops' kinds, roles, shapes and
+    parameters (not their layer index)."""
+    return tuple((o.kind.value, o.role, tuple(sorted(o.shape.items())), o.params) for o in ops)
+
+
+def template_layers(blocks, layers: list[int]) -> list[int]:
+    """The decoder layers whose region shape the compiler optimises: those of the most
+    common kind (DeepSeek-V3's 58 MoE layers, not its 3 dense ones; ties: the later kind).
+    Layers of any other kind get the fewest rows that hold them, as the embedding does."""
+    kinds = {i: layer_signature(blocks[i][1]) for i in layers}
+    count: dict[tuple, int] = {}
+    for k in kinds.values():
+        count[k] = count.get(k, 0) + 1
+    best = max(layers, key=lambda i: (count[kinds[i]], i))
+    return [i for i in layers if kinds[i] == kinds[best]]
+
+
+def _min_rows_of(ops, sized: dict, cols, env, sc, p, height) -> int:
+    key = layer_signature(ops)
+    if key not in sized:
+        sized[key] = min_rows(ops, cols, env, sc, p, height)
+    return sized[key]
 
 
 def n_layers_of(blocks) -> int:
