@@ -112,6 +112,7 @@ class Recipe:
     axis: str = X  # axis the op's output is split along
     resident: Any = 0.0  # bytes per PE held for the whole run (weights, KV)
     act: Any = 0.0  # bytes per PE of working buffers while the op runs
+    kv: Any = 0.0  # of ``resident``, the KV (MLA: latent) cache, where it is not all of it
 
     def local(self, opcode, m, n, cls, *, flops=0.0, onchip=0.0) -> None:
         self.rows.append(dict(opcode=opcode, m=m, n=n, g=cls, aux=1, flops=flops, onchip=onchip))
@@ -334,7 +335,8 @@ def expert_ffn(op: Op, s: Shape, env: Env, axis: str, q: int, rc: Recipe) -> Non
         rc.local("mac", mt2 * rows, nt2, CLS_MAC, flops=op.flops * f * share,
                  onchip=s.pes * mt2 * rows * nt2 * per_elem)  # fmt: skip
         rc.reduce(env, other(axis), a_out, a_in, nt2 * r)
-        rc.act = rows * (mt + nt + mt2 + nt2) * FP32
+        # the tokens' input and output slices; the routed rows' gate/up outputs
+        rc.act = (r * (mt + nt2) + rows * (nt + mt2)) * FP32
     elif not mesh_pays(load, s):
         # prefill with few rows per expert: the GEMV phases over every row, each row a
         # 2-D DSD is not worth the MeshGEMM's steps (below one row per step)
@@ -425,7 +427,10 @@ def mla_attention(op: Op, s: Shape, env: Env, axis: str, rc: Recipe) -> None:
         rc.local("mac", hp * cdiv(lat, p0) * t, cdiv(v, seg), CLS_MAC, flops=f_uv,
                  onchip=s.pes * w_uv * t * per_elem)  # fmt: skip
         rc.reduce(env, other(axis), p0, p1, hp * cdiv(v, seg) * t)
-        rc.act = t * heads * (ctx + lat_o + cdiv(lat, p0)) * FP32
+        # the micro-batch's tokens pass one at a time (each sequence has its own latents):
+        # one token's latent queries, scores and latent outputs for every head
+        rc.act = heads * (lat_o + ctx + cdiv(lat, p0)) * FP32
+        rc.kv = latent
     else:
         rows = env.mb * kv_len  # positions whose latents are expanded
         f_exp = 2.0 * rows * lat * heads * (nope + v)
@@ -449,6 +454,7 @@ def mla_attention(op: Op, s: Shape, env: Env, axis: str, rc: Recipe) -> None:
         rc.rows += sub.rows
         kv_pe = cdiv(rows * heads * (nope + rope + v), s.pes) * 2  # expanded K, V (bf16)
         rc.resident = latent + kt * nt * env.weight_bytes
+        rc.kv = latent
         rc.act = np.maximum(sub.act, 2 * m_t * (kt + nt) * FP32) + kv_pe
     rc.axis = axis
 

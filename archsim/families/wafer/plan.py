@@ -99,6 +99,8 @@ def price_block(
         resident = resident + rc.resident
         if op.kind == OpKind.ATTENTION:
             kv = kv + rc.resident
+        elif op.kind == OpKind.MLA_ATTENTION:
+            kv = kv + rc.kv
         act = np.maximum(act, rc.act)
         rows_all += rc.rows
     cycles = np.zeros(n, dtype=np.int64)
