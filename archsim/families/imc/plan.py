@@ -165,7 +165,9 @@ def plan(g: nx.DiGraph, p: ImcParams, chips: int | None) -> Plan:
     n_layers = max(1, len({o.layer for o in ops if 0 <= o.layer < spec.num_layers}))
     fullest = max(sum(sizer.sram(o, tp) for o in stage) for stage in stages)
     first_ids = [ops[i].id for i in starts]
-    _, expert_stages = merge_expert_slices(g, chunks, first_ids)  # stages an MoE layer spans
+    expert_stages: dict[str, int] = {}  # stages each MoE layer's experts span
+    if any(o.kind == OpKind.EXPERT_FFN for o in ops):
+        _, expert_stages = merge_expert_slices(g, chunks, first_ids)
     return Plan(
         tp=tp,
         pp=pp,
