@@ -282,7 +282,8 @@ def test_supported_ops_are_listed_not_all():
     """The family names the op kinds it lowers; a kind added later is refused up front."""
     assert FAMILY.supported_ops() == {
         "embedding", "matmul", "bmm", "attention", "norm", "softmax", "rope", "activation",
-        "residual", "all_reduce", "send_recv",
+        "residual", "all_reduce", "send_recv", "router", "expert_ffn", "all_to_all",
+        "mla_attention",
     }  # fmt: skip
 
 
@@ -315,3 +316,95 @@ def test_published_operating_points_are_the_fit():
     assert r8.extra["per_token_latency_s"] == pytest.approx(1e-3, rel=0.05)
     assert r70.extra["per_token_latency_s"] == pytest.approx(2e-3, rel=0.05)
     assert r8.tokens_per_s == pytest.approx(64 / r8.seconds)
+
+
+# ---- mixture of experts and MLA -------------------------------------------------------------
+def _first_trip(r, prefix: str) -> list[int]:
+    s = r.stream
+    return [i for i in range(len(s)) if s.copy[i] == 0 and s.op_names[s.op[i]].startswith(prefix)]
+
+
+def _of(r, ids: list[int], opcode: str) -> list[int]:
+    return [i for i in ids if r.stream.opcode_names[r.stream.opcode[i]] == opcode]
+
+
+@pytest.mark.cycle_exact
+def test_router_hand_count():
+    """Mixtral's router on one card, batch 1 decode (BFP16: 8-bit mantissas): the gate
+    [4096, 8] is 64 x 1 tiles on one chiplet, one tile per core: one pass of 64 cycles
+    serves the token. The top-2 on the SIMD lanes: 8 scores, 2 + 2 x 2 = 6 ops and one exp
+    each, one reciprocal for the row, over a 10-level reduction: ceil((8 x 6 + 8 x 4 + 4) /
+    1024) = 1 cycle of work, 16 + 10 = 26 of latency."""
+    r = archsim.simulate("dmatrix-like", "mixtral-8x7b", batch=1, ctx=64, layers=1, chips=1)
+    ids = _first_trip(r, "L0.router")
+    (dimc,) = _of(r, ids, "dimc")
+    topk = _of(r, ids, "simd")[-1]
+    assert (int(r.stream.m[dimc]), int(r.stream.n[dimc]), int(r.timing.work[dimc])) == (1, 1, 64)
+    assert (int(r.stream.m[topk]), int(r.stream.n[topk]), int(r.stream.k[topk])) == (8, 6, 1)
+    assert (int(r.timing.work[topk]), int(r.timing.latency[topk])) == (1, 26)
+
+
+@pytest.mark.cycle_exact
+def test_expert_passes_cover_only_the_touched_experts():
+    """Mixtral layer 0 on one card, batch 4 decode: 8 token-expert rows over 5 touched
+    experts (8 (1 - (6/8)^4) = 5.47, rounded), 2 rows each. Every expert is resident; only
+    the touched ones' tiles pass. gate/up [4096, 28672] per expert: 64 x 448 tiles, N over
+    8 chiplets: 64 x 56 per chiplet; 5 experts' tiles over 256 cores: ceil(5 x 3584 / 256) =
+    70 on the busiest, one pass each (2 vectors < 8 lanes): 70 x 64 = 4,480 cycles, touching
+    5 x 8 x 3584 tiles x 4,096 B = 587,202,560 B. down [14336, 4096], K over the chiplets:
+    28 x 64 per chiplet, ceil(5 x 1792 / 256) = 35 tiles: 2,240 cycles; then the 4 tokens'
+    partial sums are all-reduced across the 8 chiplets: 2 phases x 7 x 4 x 4096 x 2 B =
+    458,752 B."""
+    r = archsim.simulate("dmatrix-like", "mixtral-8x7b", batch=4, ctx=64, layers=1, chips=1)
+    ids = _first_trip(r, "L0.experts")
+    s, t = r.stream, r.timing
+    dimc = _of(r, ids, "dimc")
+    assert [(int(s.m[i]), int(s.n[i]), int(t.work[i])) for i in dimc] == [
+        (2, 70, 4_480), (2, 35, 2_240),
+    ]  # fmt: skip
+    assert s.onchip_bytes[dimc[0]] == 5 * 8 * 3584 * 4096
+    (d2d,) = _of(r, ids, "d2d")
+    assert s.link_bytes[d2d] == 2 * 7 * 4 * 4096 * 2
+
+
+def test_a_streaming_card_streams_only_the_touched_experts():
+    """Mixtral layer 0 on one card of 1 GB (it needs 1.43 GB): the card keeps a share r of
+    every projection and every expert resident; a batch-4 step streams the rest of the 5
+    touched experts only: (1 - r) x 5 x 4096 x 14336 x 3 x (8 + 8/64)/8 B."""
+    r = archsim.simulate("dmatrix-like", "mixtral-8x7b", batch=4, ctx=64, layers=1, chips=1,
+                         overrides={"card.sram_bytes": 1e9})  # fmt: skip
+    (share,) = r.meta["plan"]["extra"]["resident_fraction"]
+    assert 0 < share < 1 and r.extra["weight_residency"] == "lpddr-streaming"
+    loads = _of(r, _first_trip(r, "L0.experts"), "load")
+    expert = 4096 * 14336 * 3 * MXINT8_BYTES
+    assert r.stream.offchip_bytes[loads].sum() == pytest.approx((1 - share) * 5 * expert)
+
+
+@pytest.mark.cycle_exact
+def test_mla_latents_sit_in_the_arrays_in_both_layouts():
+    """DeepSeek-V3 layer 0 on one card, batch 2, ctx 64 decode. Each new latent is written
+    as 576 K^T elements and 512 V elements at 8 bits + one 8-bit scale per 64: 2 x 1,088 x
+    1.015625 = 2,210 B. The scores: the 128 heads are the query vectors of one instance per
+    sequence, over ceil(576/64) x ceil(65/64) = 18 tiles per sequence (36, one per core):
+    ceil(128 / 8) = 16 passes x 64 = 1,024 cycles, sweeping 36 x 4,096 B x 16 passes."""
+    r = archsim.simulate("dmatrix-like", "deepseek-v3", batch=2, ctx=64, layers=1)
+    assert r.chips == 1
+    ids = _first_trip(r, "L0.attention")
+    (write,) = _of(r, ids, "write")
+    assert r.stream.onchip_bytes[write] == pytest.approx(2 * 1088 * MXINT8_BYTES)
+    scores = _of(r, ids, "dimc")[1]
+    assert (int(r.stream.m[scores]), int(r.timing.work[scores])) == (128, 1_024)
+    assert r.stream.onchip_bytes[scores] == 36 * 4096 * 16
+
+
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v3"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_moe_and_mla_models_run_one_layer(model, phase):
+    """Both MoE models run at one layer (DeepSeek's: MLA and a dense FFN) and DeepSeek at
+    four (its first MoE layer, whose 256 experts span several cards: ``plan.ep`` > 1)."""
+    for layers in (1, 4) if model == "deepseek-v3" else (1,):
+        r = archsim.simulate("dmatrix-like", model, phase=phase, batch=2, ctx=64, seq=32,
+                             layers=layers)  # fmt: skip
+        assert r.seconds > 0 and r.extra["per_token_latency_s"] > 0
+        if layers == 4:
+            assert r.meta["plan"]["ep"] > 1 and "moe_dispatch" in r.time_by_op_kind

@@ -221,3 +221,110 @@ def test_a_model_too_big_for_the_pod_is_refused():
     with pytest.raises(ArchsimError) as exc:
         archsim.simulate("tpu-v5e", "llama3-405b", batch=512, ctx=131072, layers=4)
     assert "\n" not in str(exc.value)
+
+
+# ---- mixture of experts and MLA -----------------------------------------------------------
+def _instructions(r, op_id: str) -> list[int]:
+    s = r.stream
+    return [i for i in range(len(s)) if s.op_names[s.op[i]] == op_id]
+
+
+def _opcode(r, i: int) -> str:
+    return r.stream.opcode_names[r.stream.opcode[i]]
+
+
+@pytest.mark.cycle_exact
+def test_router_gemm_and_top_k_hand_count():
+    """Mixtral's router on one tpu-v5e, batch 4 decode: the gate GEMM [4, 4096] @ [4096, 8]
+    weight-stationary on 4 MXUs of 128 x 128: ceil(4096/128) x ceil(8/128) = 32 folds over
+    4 arrays = 8 each, P = 128, S = 4 rows: 128 + 7 x 128 + 4 + 254 = 1,282 cycles,
+    2 x 4 x 4096 x 8 = 262,144 FLOPs. The top-2 on the vector unit: 4 x 8 = 32 scores,
+    softmax 5 ops + 2 per selection x 2 = 9 ops per element, 5 + 2 dependent: ceil(32 x 9 /
+    1024) + 7 x 2 = 15 cycles."""
+    r = archsim.simulate("tpu-v5e", "mixtral-8x7b", batch=4, ctx=64, layers=1, chips=1)
+    ins = _instructions(r, "L0.router")
+    gemm = [i for i in ins if _opcode(r, i).startswith("gemm")]
+    vec = [i for i in ins if _opcode(r, i) == "vector"]
+    assert len(gemm) == len(vec) == 1
+    assert int(r.timing.work[gemm[0]]) == 1_282 and r.stream.flops[gemm[0]] == 262_144
+    assert int(r.timing.work[vec[0]]) == 15
+
+
+@pytest.mark.cycle_exact
+def test_expert_grouped_gemm_reads_only_the_touched_experts():
+    """Mixtral layer 0 on one tpu-v5e (weights streamed from HBM), batch 4 decode: 4 tokens
+    x top-2 = 8 token-expert rows; uniform routing touches 8 (1 - (6/8)^4) = 5.47 experts,
+    rounded to 5 GEMM instances of ceil(8 / 5) = 2 rows. gate/up [2, 4096] @ [4096, 28672]
+    x 5: 32 x 224 folds x 5 = 35,840 over 4 MXUs = 8,960 each, P = 128, S = 2:
+    128 + 8,959 x 128 + 2 + 254 = 1,147,136 cycles. HBM: the 5 touched experts' weights
+    only, 5 x 4096 x 14336 x 3 x 2 B = 1,761,607,680 B (of 8 held); FLOPs: the expected 8
+    rows, 2 x 8 x 4096 x 14336 x 3 = 2,818,572,288."""
+    r = archsim.simulate("tpu-v5e", "mixtral-8x7b", batch=4, ctx=64, layers=1, chips=1)
+    ins = _instructions(r, "L0.experts")
+    s = r.stream
+    gemm = [i for i in ins if _opcode(r, i).startswith("gemm")]
+    assert [(int(s.m[i]), int(s.n[i]), int(s.k[i]), int(s.g[i])) for i in gemm] == [
+        (2, 28672, 4096, 5), (2, 4096, 14336, 5),
+    ]  # fmt: skip
+    assert int(r.timing.work[gemm[0]]) == 1_147_136
+    assert s.offchip_bytes[ins].sum() == 1_761_607_680
+    assert s.flops[ins].sum() == 2 * 8 * 4096 * 14336 * 3
+
+
+def test_resident_experts_are_all_pinned():
+    """matx-like pins every expert of its slice in the scratchpad (the router picks at run
+    time), so a Mixtral decode step reads no expert weights from HBM however few it
+    touches: its HBM traffic is the KV cache alone, 4 x 65 tokens read and 4 written of
+    8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B per token (the 8 chips of the tensor group
+    one KV head each)."""
+    r = archsim.simulate("matx-like", "mixtral-8x7b", batch=4, ctx=64, layers=1)
+    assert r.extra["weights_resident_fraction"] == 1.0
+    kv = (4 * 65 + 4) * 4096
+    assert r.bytes_by_tier["hbm"] == kv
+
+
+@pytest.mark.cycle_exact
+def test_expert_parallel_all_to_all_on_the_torus_hand_count():
+    """Mixtral on 8 tpu-v5e (experts over 8, one each), batch 8 decode. The hottest rank
+    (all tie: rank 0) owns 1 token; it reaches another rank with P = 1 - (7/8)(6/7) = 1/4,
+    so it dispatches 7 x 1/4 x 4096 x 2 B = 14,336 B and receives 7 x 1/4 x 8,192 = 14,336 B.
+    On the ring (2 links of 30 B/cycle, hop 1,500 cycles) a share travels 16/7 hops on
+    average: 4 x 1,500 + ceil(14,336 x 16/7 / 60) = 6,000 + 547 = 6,547 cycles. The
+    reduce-scatter of o_proj's [8, 4096] partial sums (65,536 B) is a ring of 7 steps:
+    7 x 1,500 + ceil(7 x 65,536 / 8 / 60) = 11,456 cycles."""
+    r = archsim.simulate("tpu-v5e", "mixtral-8x7b", batch=8, ctx=64, layers=1, chips=8)
+    assert r.meta["plan"]["ep"] == 8
+    (d,) = _instructions(r, "L0.router.dispatch")
+    (rs,) = _instructions(r, "L0.o_proj.reduce_scatter")
+    assert r.stream.link_bytes[d] == pytest.approx(14_336)
+    assert int(r.timing.work[d]) == 6_547 and int(r.timing.work[rs]) == 11_456
+
+
+def test_mla_decode_streams_the_latent_cache_and_the_absorbed_weights():
+    """DeepSeek-V3 layer 0 on one tpu-v5e, batch 2, ctx 64 decode: the attention op reads
+    the latent cache 2 x 65 x (512 + 64) x 2 B = 149,760 B, appends 2 x 1,152 B, and streams
+    W^UK and W^UV (128 heads x 512 x (128 + 128) x 2 B = 33,554,432 B); the absorbed
+    q_nope @ W^UK is 128 GEMMs [2, 128] @ [128, 512] and the scores one instance per
+    sequence, the 128 heads its query rows against 576-wide keys. FLOPs: the absorption
+    2 x 2 x 128 x 128 x 512 x 2 (W^UK and W^UV) = 67,108,864, the scores 2 x 2 x 128 x 65
+    x 576 = 19,169,280 and P @ latent 2 x 2 x 128 x 65 x 512 = 17,039,360."""
+    r = archsim.simulate("tpu-v5e", "deepseek-v3", batch=2, ctx=64, layers=1, chips=1)
+    ins = _instructions(r, "L0.attention")
+    s = r.stream
+    assert s.offchip_bytes[ins].sum() == 149_760 + 2 * 1_152 + 33_554_432
+    gemm = [(int(s.m[i]), int(s.n[i]), int(s.k[i]), int(s.g[i])) for i in ins
+            if _opcode(r, i).startswith("gemm")]  # fmt: skip
+    assert gemm == [(2, 512, 128, 128), (128, 65, 576, 2), (128, 512, 65, 2), (2, 128, 512, 128)]
+    assert s.flops[ins].sum() == pytest.approx(67_108_864 + 19_169_280 + 17_039_360)
+
+
+@pytest.mark.parametrize("arch", ["matx-like", "tpu-v5e"])
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v3"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_moe_and_mla_models_run_one_layer(arch, model, phase):
+    """Both MoE models run (no refusal) at one layer (DeepSeek's: MLA and a dense FFN) and,
+    for DeepSeek, at four (its first MoE layer), with the graph's FLOPs."""
+    for layers in (1, 4) if model == "deepseek-v3" else (1,):
+        r = archsim.simulate(arch, model, phase=phase, batch=2, ctx=64, seq=32, layers=layers)
+        assert r.seconds > 0 and r.extra["per_token_latency_s"] > 0
+        assert {"attention"} <= set(r.time_by_op_kind)

@@ -313,3 +313,112 @@ def test_simd_width_follows_the_generation():
     )  # fmt: skip
     assert r.choice["compute_cycles"] == 464
     assert np.isclose(r.clock_hz, 1.1e9)
+
+
+# ---- mixture of experts and MLA -------------------------------------------------------------
+def _layer_op(model: str, op_id: str, layers: int = 1, **scenario):
+    g = build_graph(load_model(model), Scenario(**scenario), layers=layers)
+    return g.nodes[op_id]["op"]
+
+
+def _recipe(op, cols: int, rows: int, batch: int):
+    from archsim.families.wafer.lower import Shape, env_of, op_recipe
+
+    env = env_of(PARAMS, Scenario(batch=batch), batch)
+    return op_recipe(op, Shape(cols, rows), env, "x", 1)
+
+
+def _rows(rc) -> list[tuple]:
+    return [(r["opcode"], int(r["m"]), int(r["n"])) + ((r["axis"],) if "axis" in r else ())
+            for r in rc.rows]  # fmt: skip
+
+
+def test_router_hand_count():
+    """Mixtral's router, batch 4 decode, on a 64 x 32 region (input along x): the gate tile
+    is ceil(4096/64) = 64 x ceil(8/32) = 1: 64 x 4 fmach instructions of 1 element, the 4
+    tokens' logits reduced along x; then each PE's expert exp'd (8 + 1 vector passes per
+    token), its top-2 kept (2 max passes), one (value, index) reduction of 2 x 2 x 4 = 16
+    values along y merging the lists, and the 2 gates normalised (8 + 2 passes per token)."""
+    rc = _recipe(_layer_op("mixtral-8x7b", "L0.router", batch=4), 64, 32, 4)
+    assert _rows(rc) == [
+        ("mac", 256, 1), ("allreduce", 64, 4, "x"), ("vec", 36, 1), ("vec", 8, 1),
+        ("allreduce", 32, 16, "y"), ("vec", 40, 2),
+    ]  # fmt: skip
+
+
+def test_expert_gemvs_run_the_routed_rows_against_every_touched_tile():
+    """Mixtral's experts, batch 4 decode, on a 64 x 32 region: 4 tokens x top-2 = 8 rows.
+    gate/up tile per expert ceil(4096/64) = 64 x ceil(28672/32) = 896: 64 x 8 = 512 fmach
+    instructions of 896 elements: 512 x (896/8 + 25) = 70,144 cycles; partial sums of 896 x
+    8 rows reduced along x. SiLU x up x gate: (8 + 5) x 8 = 104 fp32 passes over 14336/32 =
+    448 elements. down tile 448 x 64: 3,584 instructions of 64. The gated sum of a token's
+    experts accumulates in the down GEMV, so the reduction along y carries one partial sum
+    per token, 64 x 4 = 256 values. Every PE holds all 8 experts' tiles: 8 x (64 x 896 +
+    448 x 64) x 2 B = 1,376,256 B."""
+    from archsim.families.wafer.timing import cycles_of
+
+    rc = _recipe(_layer_op("mixtral-8x7b", "L0.experts", batch=4), 64, 32, 4)
+    assert _rows(rc) == [
+        ("mac", 512, 896), ("allreduce", 64, 7168, "x"), ("vec", 104, 448), ("mac", 3584, 64),
+        ("allreduce", 32, 256, "y"),
+    ]  # fmt: skip
+    assert rc.resident == 1_376_256
+    local = [r for r in rc.rows if r["opcode"] in ("mac", "vec")]
+    cols = {k: np.array([r.get(k, 0) for r in local]) for k in ("m", "n", "k", "g", "h", "aux")}
+    cols["opcode"] = np.array([0 if r["opcode"] == "mac" else 1 for r in local])
+    cols["link_bytes"] = cols["offchip_bytes"] = np.zeros(len(local))
+    work, _ = cycles_of(cols, PARAMS)
+    assert work[0] == 512 * (896 // 8 + 25) + 100  # + one task activation
+    assert sum(r.get("flops", 0.0) for r in rc.rows) == pytest.approx(
+        _layer_op("mixtral-8x7b", "L0.experts", batch=4).flops
+    )
+
+
+def test_mla_decode_phases_hand_count():
+    """DeepSeek-V3 layer 0's MLA, batch 1, ctx 2048 (2,049 keys) decode, on a 64 x 32 region
+    (heads and context along x, latent dims along y): 33 keys and 18 of the 576 latent +
+    rope dims per PE, 2 heads per PE along x. Append the latent (1 x 18); q_nope @ W^UK:
+    ceil(128 x 128 / 64) = 256 fmach of ceil(512/32) = 16 (a head on one PE along x: its 2 x
+    16 outputs need no reduction); every head's latent query gathered
+    along x (128 x 18 values); scores: 18 x 33 fmach over the 128 heads, reduced along y
+    (128 x 33); row max and sum along x (128 each) around 9 exp passes over 128 x 33; P @
+    latent: 16 x 33 fmach over the heads, reduced along x (128 x 16); @ W^UV: 2 x 16 fmach of
+    128, reduced along y (2 x 128). Resident: the latents 33 x 18 x 2 B = 1,188 B and W^UK,
+    W^UV tiles (256 x 16 + 2 x 16 x 128) x 2 B = 16,384 B."""
+    op = _layer_op("deepseek-v3", "L0.attention", batch=1, ctx=2048)
+    rc = _recipe(op, 64, 32, 1)
+    assert _rows(rc) == [
+        ("vec", 1, 18), ("mac", 256, 16), ("allreduce", 1, 32, "x"),
+        ("allreduce", 64, 2304, "x"), ("mac", 594, 128), ("allreduce", 32, 4224, "y"),
+        ("allreduce", 64, 128, "x"), ("vec", 9, 4224), ("allreduce", 64, 128, "x"),
+        ("mac", 528, 128), ("allreduce", 64, 2048, "x"), ("mac", 32, 128),
+        ("allreduce", 32, 256, "y"),
+    ]  # fmt: skip
+    assert rc.resident == 1_188 + 16_384
+    assert sum(r.get("flops", 0.0) for r in rc.rows) == pytest.approx(op.flops)
+
+
+def test_layers_of_another_kind_get_their_own_region_height():
+    """DeepSeek-V3's first 4 layers: 3 dense and 1 MoE. The compiler shapes the regions of
+    the most common kind (here the dense layers); the MoE layer, 29x the parameters, gets
+    the fewest rows that hold its experts at the same width."""
+    g = build_graph(load_model("deepseek-v3"), Scenario(batch=1, ctx=64), layers=4)
+    plan = FAMILY.plan(g, PARAMS, None)
+    regions = {r["name"]: r for r in plan.extra["regions"]}
+    dense = {regions[f"L{i}"]["rows"] for i in range(3)}
+    assert len(dense) == 1 and regions["L3"]["rows"] > dense.pop()
+    assert len({r["cols"] for r in regions.values()}) == 1
+
+
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v3"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_moe_and_mla_models_run_one_layer(model, phase):
+    """Both MoE models run at one layer (DeepSeek's: MLA and a dense FFN) and DeepSeek at
+    four (its first MoE layer), with the graph's FLOPs."""
+    for layers in (1, 4) if model == "deepseek-v3" else (1,):
+        r = archsim.simulate("cerebras-like", model, phase=phase, batch=2, ctx=64, seq=32,
+                             layers=layers)  # fmt: skip
+        g = build_graph(load_model(model), Scenario(phase=phase, batch=2, ctx=64, seq=32),
+                        layers=layers)  # fmt: skip
+        assert r.seconds > 0 and r.extra["per_token_latency_s"] > 0
+        assert r.flops == pytest.approx(sum(d["op"].flops for _, d in g.nodes(data=True)))

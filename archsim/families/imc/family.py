@@ -46,7 +46,8 @@ class ImcFamily(Family):
         kinds = (
             OpKind.EMBEDDING, OpKind.MATMUL, OpKind.BMM, OpKind.ATTENTION, OpKind.NORM,
             OpKind.SOFTMAX, OpKind.ROPE, OpKind.ACTIVATION, OpKind.RESIDUAL,
-            OpKind.ALL_REDUCE, OpKind.SEND_RECV,
+            OpKind.ALL_REDUCE, OpKind.SEND_RECV, OpKind.ROUTER, OpKind.EXPERT_FFN,
+            OpKind.ALL_TO_ALL, OpKind.MLA_ATTENTION,
         )  # fmt: skip
         return frozenset(k.value for k in kinds)
 

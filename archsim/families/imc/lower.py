@@ -125,6 +125,15 @@ def layout(k: int, n: int, row_split: bool, p: ImcParams) -> Layout:
     return Layout(used, kt, nt, per_core, partials, n_out)
 
 
+def mla_layouts(op: Op) -> float:
+    """Bytes of MLA's latent cache in the arrays per byte of the graph's cache: a DIMC tile
+    sums along its rows, so the scores need the latents as K^T [latent + rope, tokens]
+    tiles and P V needs them as V [tokens, latent] tiles: (2 latent + rope) / (latent +
+    rope)."""
+    lat, rope = op.dim("latent"), op.dim("rope")
+    return (2 * lat + rope) / (lat + rope)
+
+
 def passes(p: ImcParams, vectors: int, in_bits: int) -> int:
     """Sweeps of a tile that serve ``vectors`` inputs (reading A; 1 under reading B)."""
     d = p.dimc
@@ -303,31 +312,55 @@ class Lowerer:
             return [self.card_all_reduce(op, deps)]
         if kind == OpKind.SEND_RECV:
             return [self.send(op, deps)]
+        if kind == OpKind.ROUTER:
+            return [self.router(op, deps)]
+        if kind == OpKind.EXPERT_FFN:
+            return [self.expert_ffn(op, deps)]
+        if kind == OpKind.ALL_TO_ALL:
+            return [self.all_to_all(op, deps)]
+        if kind == OpKind.MLA_ATTENTION:
+            return self.mla_attention(op, deps)
         raise UnsupportedOpError(f"dmatrix-like cannot lower {kind} ({op.id})")
 
     def matmul(self, op: Op, deps: list[int]) -> int:
         """[rows, k] @ [k, n] on the card's cores; weights resident, or in part streamed from
         LPDDR (the stage's ``resident_fraction``), then the cross-core adds and output
         conversion on the SIMD units, then (row-parallel) the die-to-die all-reduce."""
-        fm, vectors = self.fm, self.rows(op)
-        k, n = op.dim("k"), op.dim("n")
-        lay = layout(k, n, op.tp_role == "row", self.p)
-        tiles_card = lay.used * lay.kt * lay.nt
-        flops = op.flops * self.f
-        streamed = (1.0 - self.resident[op.stage]) * k * n * fm.w_store
+        row = op.tp_role == "row"
+        return self.weight_gemm(
+            op, deps, self.rows(op), op.dim("k"), op.dim("n"), row, op.flops * self.f,
+            reduce=row and not op.dim("partial"),
+        )  # fmt: skip
+
+    def weight_gemm(
+        self, op: Op, deps: list[int], vectors: int, k: int, n: int, row_split: bool,
+        flops: float, *, copies: int = 1, reduce: bool = False, reduce_rows: int = 0,
+        extra_ops: int = 0,
+    ) -> int:  # fmt: skip
+        """``copies`` weight matrices [k, n] (touched experts, heads) each multiplied by
+        ``vectors`` input vectors on the card's cores, laid out as ``layout`` places one
+        (row-parallel ops split K over the chiplets, others N) and spread evenly over the
+        cores; the stage's non-resident share of their weights streams from LPDDR. Then
+        the cross-core adds and output conversion on the SIMD units (``extra_ops`` more per
+        output element), and, with ``reduce``, the die-to-die all-reduce of the K-split
+        partial sums of ``reduce_rows`` rows (0: every vector of every copy)."""
+        fm, cores = self.fm, self.p.dimc.cores_per_chiplet
+        lay = layout(k, n, row_split, self.p)
+        per_core = math.ceil(copies * lay.kt * lay.nt / cores)
+        tiles_card = copies * lay.used * lay.kt * lay.nt
+        matrix = copies * k * n * fm.w_store
+        streamed = (1.0 - self.resident[op.stage]) * copies * k * n * fm.w_store
         chunks = self.stream_in(op, streamed) if streamed > 0 else []
         # tiles per core whose weights arrive from LPDDR (at least one if any do)
-        on_streamed = min(
-            lay.per_core, max(1, round(lay.per_core * streamed / (k * n * fm.w_store)))
-        )
+        on_streamed = min(per_core, max(1, round(per_core * streamed / matrix)))
         on_streamed = on_streamed if chunks else 0
-        groups = [(None, lay.per_core - on_streamed, 0.0)] if lay.per_core > on_streamed else []
+        groups = [(None, per_core - on_streamed, 0.0)] if per_core > on_streamed else []
         for j, (ld, part) in enumerate(chunks):
             tiles = on_streamed // len(chunks) + (1 if j < on_streamed % len(chunks) else 0)
             groups.append((ld, tiles, part))
         computes = []
         for ld, tiles, part in groups:
-            share = tiles / lay.per_core
+            share = tiles / per_core
             i = self.dimc(
                 op, deps + ([ld] if ld is not None else []), vectors, tiles, fm.w_bits,
                 fm.in_bits, tiles_card * share, flops * share,
@@ -338,11 +371,12 @@ class Lowerer:
         lag = self.tail
         # (partials - 1) adds per output element across cores, one conversion to FP16
         out = self.simd(
-            op, [], vectors * lay.n_out, lay.partials,
+            op, [], copies * vectors * lay.n_out, lay.partials + extra_ops,
             lagged=[(i, START_START, lag) for i in computes],
         )  # fmt: skip
-        if op.tp_role == "row" and lay.used > 1 and not op.dim("partial"):
-            out = self.d2d(op, [out], vectors * n * ACC_BYTES, phases=2, ranks=lay.used)
+        if reduce and lay.used > 1:
+            rows = reduce_rows or copies * vectors
+            out = self.d2d(op, [out], rows * n * ACC_BYTES, phases=2, ranks=lay.used)
         return out
 
     def bmm(self, op: Op, deps: list[int]) -> int:
@@ -370,7 +404,7 @@ class Lowerer:
         vectors), spread over every core of the card. The new token's K/V is appended first
         (an array write), or stored to LPDDR when the cache lives there — then the cache is
         streamed in, chunk by chunk, each chunk's sequences attended on their own."""
-        fm, d, f = self.fm, self.p.dimc, self.f
+        d, f = self.p.dimc, self.f
         mb = max(1, math.ceil(op.dim("batch") * f - 1e-9))
         heads, kvh, hd = op.dim("heads"), op.dim("kv_heads"), op.dim("head_dim")
         q_len, kv_len = op.dim("q_len"), op.dim("kv_len")
@@ -379,7 +413,17 @@ class Lowerer:
         dt, lt = math.ceil(hd / d.tile_rows), math.ceil(kv_len / d.tile_rows)
         qk_tiles = mb * kvh * dt * math.ceil(kv_len / d.tile_cols) * frac
         pv_tiles = mb * kvh * lt * math.ceil(hd / d.tile_cols) * frac
-        append = op.kv_write_bytes * f * self.kv_factor
+        first = self.append_kv(op, deps, op.kv_write_bytes * f * self.kv_factor)
+        cache = op.kv_read_bytes * f * self.kv_factor
+        scores = mb * heads * q_len * kv_len * frac
+        outputs = mb * heads * q_len * hd
+        half = op.flops * f / 2
+        return self.attend(op, first, vectors, qk_tiles, pv_tiles, dt, lt, scores, outputs,
+                           mb * heads * q_len, cache, half, half)  # fmt: skip
+
+    def append_kv(self, op: Op, deps: list[int], append: float) -> list[int]:
+        """The step's new K/V (or latents) written into the arrays (the attention waits for
+        them), or stored to LPDDR when the cache lives there (no one waits)."""
         first = list(deps)
         if append > 0 and self.kv_lpddr:
             lp = {f"card{op.stage}.lpddr": append}
@@ -388,10 +432,20 @@ class Lowerer:
         elif append > 0:
             first = [self.emit("write", self.write_unit, op, deps,
                                m=self.bits_per_core(append), onchip_bytes=append)]  # fmt: skip
-        cache = op.kv_read_bytes * f * self.kv_factor
-        groups = self.stream_in(op, cache) if self.kv_lpddr and cache > 0 else [(None, cache)]
-        scores = mb * heads * q_len * kv_len * frac
-        outputs = mb * heads * q_len * hd
+        return first
+
+    def attend(
+        self, op: Op, first: list[int], vectors: int, qk_tiles: float, pv_tiles: float,
+        dt: int, lt: int, scores: float, outputs: float, rows: float, cache: float,
+        flops_qk: float, flops_pv: float, streamed: bool = True,
+    ) -> list[int]:  # fmt: skip
+        """Q K^T over ``qk_tiles`` cached tiles, the softmax on the SIMD units, P V over
+        ``pv_tiles``, each input a group of ``vectors`` query vectors; with the cache in
+        LPDDR (``streamed``) its ``cache`` bytes come in chunk by chunk, each chunk's
+        sequences attended on their own."""
+        fm = self.fm
+        lpddr = streamed and self.kv_lpddr and cache > 0
+        groups = self.stream_in(op, cache) if lpddr else [(None, cache)]
         lag = self.tail
         outs = []
         for ld, part in groups:
@@ -400,21 +454,125 @@ class Lowerer:
             qk_core = math.ceil(qk_tiles * share / self.card_cores - 1e-9)
             pv_core = math.ceil(pv_tiles * share / self.card_cores - 1e-9)
             qk = self.dimc(op, wait, vectors, qk_core, fm.kv_bits, fm.kv_in_bits,
-                           qk_tiles * share, op.flops * f / 2 * share)  # fmt: skip
+                           qk_tiles * share, flops_qk * share)  # fmt: skip
             qk_partials = math.ceil(dt / max(1, min(qk_core, dt)))
             # the cross-core adds of Q K^T, exp, row sums, a reciprocal per row, the scale
             sm = self.simd(op, [qk], scores * share, 1 + qk_partials, 1,
-                           rows=mb * heads * q_len * share, row_tr=1, steps=self.steps,
+                           rows=rows * share, row_tr=1, steps=self.steps,
                            spread=True)  # fmt: skip
             pv = self.dimc(op, [sm] + ([ld] if ld is not None else []), vectors, pv_core,
                            fm.kv_bits, fm.kv_in_bits, pv_tiles * share,
-                           op.flops * f / 2 * share)  # fmt: skip
+                           flops_pv * share)  # fmt: skip
             if ld is not None:
                 self.release(op, part, pv)
             pv_partials = math.ceil(lt / max(1, min(pv_core, lt)))
             outs.append(self.simd(op, [], outputs * share, pv_partials, spread=True,
                                   lagged=[(pv, START_START, lag)]))  # fmt: skip
         return outs
+
+    # ---- mixture of experts and MLA ---------------------------------------------------------
+    def router(self, op: Op, deps: list[int]) -> int:
+        """The gate GEMM [tokens, hidden] @ [hidden, experts] on the DIMC cores (its weights
+        resident like any projection's), then the scores and the top-k on the SIMD lanes of
+        the chiplets holding the experts' logits: exp (or sigmoid), a reciprocal per row, and
+        k max-selections over each token's experts (a compare-select and a mask each)."""
+        t, experts, k = self.rows(op), op.dim("n"), op.dim("topk")
+        g = self.weight_gemm(op, deps, t, op.dim("k"), experts, False, op.flops * self.f)
+        return self.simd(op, [g], t * experts, 2 + 2 * k, 1, rows=t, row_tr=1, steps=self.steps)
+
+    def expert_ffn(self, op: Op, deps: list[int]) -> int:
+        """The routed experts of this stage, every one resident in the arrays (the router
+        picks at run time): each token's hidden state goes to the cores of its experts (a
+        SIMD gather of the token-expert pairs), the touched experts' gate/up tiles pass over
+        their rows (``copies``: the expected experts touched, rounded; ``vectors``: the mean
+        rows per touched expert), SiLU-and-multiply, the down tiles (K split over the
+        chiplets), each row scaled by its gate and summed into its token (two more SIMD ops
+        per output), and the die-to-die all-reduce of the tokens' partial sums. Untouched
+        experts' tiles stay idle; a streaming stage brings in only the touched experts' share
+        it does not hold."""
+        load = op.experts.with_tokens(max(1, math.ceil(op.dim("tokens") * self.f - 1e-9)))
+        rows = load.routed()
+        h, width, gated = op.dim("n"), op.dim("k"), op.dim("gated")
+        up = (2 if gated else 1) * width
+        active = max(1, round(load.active()))
+        m = max(1, math.ceil(rows / active - 1e-9))
+        pairs = max(1, math.ceil(rows - 1e-9))
+        flops, share = op.flops * self.f, (1.0 / 3 if gated else 0.5)
+        tokens = max(1, math.ceil(op.dim("out_rows") * self.f - 1e-9))
+        gather = self.simd(op, deps, pairs * h, 1, spread=True)
+        gate_up = self.weight_gemm(op, [gather], m, h, up, False, flops * (1 - share),
+                                   copies=active)  # fmt: skip
+        act = self.simd(op, [gate_up], pairs * width, 3, 2 if gated else 1, spread=True)
+        return self.weight_gemm(op, [act], m, width, h, True, flops * share, copies=active,
+                                reduce=True, reduce_rows=tokens, extra_ops=2)  # fmt: skip
+
+    def all_to_all(self, op: Op, deps: list[int]) -> int:
+        """An MoE dispatch into, or combine out of, an expert slice on another stage's card
+        (packing puts each slice's experts on a stage): a transfer over the bridge, PCIe or
+        the NIC as the two cards sit, like a send. Among the cards of one tensor group (no
+        destination stage): each card's share to the others over the group's link."""
+        if "dst_stage" in op.shape:
+            return self.send(op, deps)
+        g = max(2, op.group)
+        kind = self.link_kind(0, g - 1)
+        nbytes = max(op.link_bytes, float(op.dim("recv_bytes"))) * self.f
+        return self.emit(
+            "link", "link", op, deps, m=1, n=kind, link_bytes=op.link_bytes * self.f,
+            resources={f"card{op.stage}.{LINK_KINDS[kind]}": nbytes},
+        )  # fmt: skip
+
+    def mla_attention(self, op: Op, deps: list[int]) -> list[int]:
+        """MLA with the latent cache in the arrays. A DIMC tile sums along its rows, so the
+        latents are kept twice, as K^T [latent + rope, L] tiles for the scores and as V
+        [L, latent] tiles for P V (``Sizer`` counts both); the step's latents are written in
+        both layouts. Decode (absorbed): q_nope @ W^UK per head (the heads' [nope, latent]
+        matrices resident like weights), the scores with every local head a query vector of
+        one instance per sequence, the softmax, P @ latent, then @ W^UV per head. Prefill:
+        kv_b_proj expands every position's latent into K_nope and V (resident weights), the
+        expanded K and V are written into the arrays a head group at a time, then causal
+        attention per (sequence, head) as for dense models."""
+        d, f = self.p.dimc, self.f
+        mb = max(1, math.ceil(op.dim("batch") * f - 1e-9))
+        heads, q_len, kv_len = op.dim("heads"), op.dim("q_len"), op.dim("kv_len")
+        lat, rope, nope, v = op.dim("latent"), op.dim("rope"), op.dim("nope"), op.dim("v_dim")
+        t, flops = mb * q_len, op.flops * f
+        both = mla_layouts(op)
+        first = self.append_kv(op, deps, op.kv_write_bytes * f * self.kv_factor * both)
+        lt = math.ceil(kv_len / d.tile_rows)
+        if op.dim("absorbed"):
+            f_uk, f_uv = 2.0 * t * heads * nope * lat, 2.0 * t * heads * lat * v
+            f_att = flops - f_uk - f_uv
+            qk_dim = lat + rope
+            uk = self.weight_gemm(op, first, t, nope, lat, False, f_uk, copies=heads)
+            dt = math.ceil(qk_dim / d.tile_rows)
+            qk_tiles = mb * dt * math.ceil(kv_len / d.tile_cols)
+            pv_tiles = mb * lt * math.ceil(lat / d.tile_cols)
+            cache = op.kv_read_bytes * f * self.kv_factor * both
+            qk_share = qk_dim / (qk_dim + lat)
+            att = self.attend(
+                op, [uk], heads * q_len, qk_tiles, pv_tiles, dt, lt, mb * heads * q_len * kv_len,
+                mb * heads * q_len * lat, mb * heads * q_len, cache, f_att * qk_share,
+                f_att * (1 - qk_share),
+            )  # fmt: skip
+            return [self.weight_gemm(op, att, t, lat, v, False, f_uv, copies=heads)]
+        rows = mb * kv_len
+        f_exp = 2.0 * rows * lat * heads * (nope + v)
+        f_att = flops - f_exp
+        expand = self.weight_gemm(op, first, rows, lat, heads * (nope + v), False, f_exp)
+        qk_dim = nope + rope
+        expanded = rows * heads * (qk_dim + v) * self.fm.in_bits / 8.0
+        wr = self.emit("write", self.write_unit, op, [expand], m=self.bits_per_core(expanded),
+                       onchip_bytes=expanded)  # fmt: skip
+        frac = (q_len + 1) / (2.0 * kv_len) if op.dim("causal") else 1.0
+        dt = math.ceil(qk_dim / d.tile_rows)
+        qk_tiles = mb * heads * dt * math.ceil(kv_len / d.tile_cols) * frac
+        pv_tiles = mb * heads * lt * math.ceil(v / d.tile_cols) * frac
+        qk_share = qk_dim / (qk_dim + v)
+        return self.attend(
+            op, [wr], q_len, qk_tiles, pv_tiles, dt, lt, mb * heads * q_len * kv_len * frac,
+            mb * heads * q_len * v, mb * heads * q_len, 0.0, f_att * qk_share,
+            f_att * (1 - qk_share), streamed=False,
+        )  # fmt: skip
 
     # ---- exchanges --------------------------------------------------------------------------
     def d2d(self, op: Op, deps, nbytes: float, phases: int, ranks: int | None = None) -> int:

@@ -23,6 +23,7 @@ from archsim.compiler.packing import (
     balanced_cuts,
     chip_bytes,
     greedy_stages,
+    merge_expert_slices,
     split_wide_ops,
     wide_op_chunks,
 )
@@ -36,6 +37,7 @@ from archsim.families.imc.lower import (
     Formats,
     block_formats,
     lower_trip,
+    mla_layouts,
     stream_buffer_bytes,
     usable_sram_bytes,
 )
@@ -44,6 +46,8 @@ from archsim.families.imc.timing import imc_timing
 from archsim.graph.build import ops_in_order
 from archsim.graph.ops import Op, OpKind
 
+# ops whose weights a streaming card holds in part and streams the rest of from LPDDR
+PROJECTIONS = (OpKind.MATMUL, OpKind.ROUTER, OpKind.EXPERT_FFN, OpKind.MLA_ATTENTION)
 # a longer round must beat the best by more than this to win the micro-batch search
 MICRO_BATCH_TOLERANCE = 0.01
 
@@ -66,10 +70,28 @@ class Sizer:
         self.kv_in_sram = p.memory.kv_tier == "sram"
 
     def kv(self, op: Op, tp: int) -> float:
+        """The KV cache of an attention op on a card (MLA: the latents, whole on every card
+        of the group, in both tile layouts, ``lower.mla_layouts``)."""
+        if op.kind == OpKind.MLA_ATTENTION:
+            return op.kv_read_bytes * self.kv_factor * mla_layouts(op)
         return chip_bytes(op, tp, 0.0) * self.kv_factor if op.kind == OpKind.ATTENTION else 0.0
 
     def weights(self, op: Op, tp: int) -> float:
-        return 0.0 if op.kind == OpKind.ATTENTION else chip_bytes(op, tp, self.fm.w_store)
+        """Weights an op puts on a card (every expert of an expert slice; MLA's kv_b_proj
+        split by heads)."""
+        if op.kind == OpKind.ATTENTION:
+            return 0.0
+        if op.kind == OpKind.MLA_ATTENTION:
+            heads = op.dim("heads")
+            return op.params * self.fm.w_store * math.ceil(heads / tp) / heads
+        return chip_bytes(op, tp, self.fm.w_store)
+
+    def weights_read(self, op: Op, tp: int) -> float:
+        """Of ``weights``, what a step multiplies: for routed experts only the touched ones
+        (in expectation), for any other op all."""
+        if op.kind == OpKind.EXPERT_FFN and op.experts is not None and op.experts.experts:
+            return self.weights(op, tp) * op.experts.active() / op.experts.experts
+        return self.weights(op, tp)
 
     def sram(self, op: Op, tp: int) -> float:
         return self.weights(op, tp) + (self.kv(op, tp) if self.kv_in_sram else 0.0)
@@ -142,6 +164,10 @@ def plan(g: nx.DiGraph, p: ImcParams, chips: int | None) -> Plan:
     resident = [residency(stage, tp, cap, p, sizer, s) for s, stage in enumerate(stages)]
     n_layers = max(1, len({o.layer for o in ops if 0 <= o.layer < spec.num_layers}))
     fullest = max(sum(sizer.sram(o, tp) for o in stage) for stage in stages)
+    first_ids = [ops[i].id for i in starts]
+    expert_stages: dict[str, int] = {}  # stages each MoE layer's experts span
+    if any(o.kind == OpKind.EXPERT_FFN for o in ops):
+        _, expert_stages = merge_expert_slices(g, chunks, first_ids)
     return Plan(
         tp=tp,
         pp=pp,
@@ -150,8 +176,9 @@ def plan(g: nx.DiGraph, p: ImcParams, chips: int | None) -> Plan:
         capacity_bytes_per_chip=usable_sram_bytes(p),
         micro_batch=sc.batch,
         micro_batches=1,
+        ep=max(expert_stages.values(), default=1),
         extra={
-            "stage_first_op": [ops[i].id for i in starts],
+            "stage_first_op": first_ids,
             "op_chunks": chunks,
             "resident_fraction": [r for r, _ in resident],
             "streamed_bytes": [x for _, x in resident],
@@ -168,7 +195,9 @@ def residency(
 
     A stage that fits keeps everything. Else the card keeps its KV cache (when it lives in
     SRAM), its other weights (norm gains, the embedding table) and the stream buffer, and
-    fills the rest with the same share of every projection; the others stream from LPDDR."""
+    fills the rest with the same share of every projection (router, experts and MLA's
+    kv_b_proj included); the others stream from LPDDR, which holds the rest of every
+    expert, while a step streams only the touched experts' rest."""
     total = sum(sizer.sram(o, tp) for o in stage)
     kv_lpddr = 0.0 if sizer.kv_in_sram else sum(sizer.kv(o, tp) for o in stage)
     lpddr = p.memory.lpddr_bytes
@@ -179,7 +208,7 @@ def residency(
                 f"{lpddr / 1e9:.0f} GB of LPDDR"
             )
         return 1.0, 0.0
-    proj = sum(sizer.weights(o, tp) for o in stage if o.kind == OpKind.MATMUL)
+    proj = sum(sizer.weights(o, tp) for o in stage if o.kind in PROJECTIONS)
     fixed = total - proj + stream_buffer_bytes(p)
     if fixed > cap:
         raise CapacityError(
@@ -188,13 +217,14 @@ def residency(
             "cards, a shorter context or --set memory.kv_tier=lpddr"
         )
     share = min(1.0, (cap - fixed) / proj) if proj > 0 else 1.0
-    streamed = (1.0 - share) * proj
-    if streamed + kv_lpddr > lpddr:
+    held = (1.0 - share) * proj  # in LPDDR: every expert's share, touched or not
+    if held + kv_lpddr > lpddr:
         raise CapacityError(
-            f"stage {s} needs {(streamed + kv_lpddr) / 1e9:.1f} GB of LPDDR but a card has "
+            f"stage {s} needs {(held + kv_lpddr) / 1e9:.1f} GB of LPDDR but a card has "
             f"{lpddr / 1e9:.0f} GB; use more cards"
         )
-    return share, streamed
+    read = sum(sizer.weights_read(o, tp) for o in stage if o.kind in PROJECTIONS)
+    return share, (1.0 - share) * read
 
 
 # ---- the program the cards run and the micro-batch search ------------------------------------

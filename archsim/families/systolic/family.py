@@ -28,6 +28,7 @@ from archsim.families.systolic import plan as sys_plan
 from archsim.families.systolic.params import SystolicParams
 from archsim.families.systolic.timing import (
     ALLREDUCE,
+    ALLTOALL,
     DATAFLOWS,
     DMA_FIRST,
     DMA_LAST,
@@ -259,9 +260,20 @@ def instruction_limit(stream: InstructionStream, i: int, duration: int, p: Systo
         return "array-preload" if pre > st else "array-stream"
     if DMA_FIRST <= op <= DMA_LAST:
         return "hbm"
-    if op in (ALLREDUCE, SEND):
+    if op in (ALLREDUCE, SEND, ALLTOALL):
         return "link"
     return "vector"
+
+
+_A2A_ROLES = (("dispatch", "moe_dispatch"), ("combine", "moe_combine"),
+              ("reduce_scatter", "reduce_scatter"), ("all_gather", "all_gather"))  # fmt: skip
+
+
+def transfer_role(name: str) -> str:
+    """The role of a transfer by its op id: an MoE all-to-all (``L3.router.dispatch``,
+    ``L3.experts.c1.combine_s4``) by its pattern, any other a send."""
+    tail = name.rsplit(".", 1)[-1]
+    return next((role for key, role in _A2A_ROLES if tail.startswith(key)), "send_recv")
 
 
 def op_limits(stream: InstructionStream, tl: Timeline, p: SystolicParams) -> dict[str, str]:
@@ -274,8 +286,8 @@ def op_limits(stream: InstructionStream, tl: Timeline, p: SystolicParams) -> dic
             continue
         if op == ALLREDUCE:
             role = "all_reduce"
-        elif op == SEND:
-            role = "send_recv"
+        elif op in (SEND, ALLTOALL):
+            role = transfer_role(stream.op_names[stream.op[i]])
         else:
             role = _ROLE.sub("", stream.op_names[stream.op[i]])
         spent.setdefault(role, Counter())[instruction_limit(stream, i, int(dur[i]), p)] += dur[i]

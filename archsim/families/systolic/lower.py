@@ -41,7 +41,7 @@ from archsim.families.systolic.timing import (
     vector_elements_per_cycle,
 )
 from archsim.graph.build import ELEM_BYTES, ops_in_order
-from archsim.graph.ops import Op, OpKind
+from archsim.graph.ops import A2A_ALL_GATHER, A2A_REDUCE_SCATTER, Op, OpKind
 from archsim.graph.scenario import DTYPE_BYTES, Scenario
 
 SUPPORTED = frozenset(
@@ -58,8 +58,14 @@ SUPPORTED = frozenset(
         OpKind.RESIDUAL,
         OpKind.ALL_REDUCE,
         OpKind.SEND_RECV,
+        OpKind.ROUTER,
+        OpKind.EXPERT_FFN,
+        OpKind.ALL_TO_ALL,
+        OpKind.MLA_ATTENTION,
     )
 )
+# ops whose weights the compiler may pin in the scratchpad across steps
+PINNABLE = (OpKind.MATMUL, OpKind.NORM, OpKind.ROUTER, OpKind.EXPERT_FFN, OpKind.MLA_ATTENTION)
 
 # Vector work per output element: (element ops, dependent ops), as the algorithm needs them
 # (not hardware numbers). RMSNorm: square-accumulate, scale, weight; LayerNorm adds the mean
@@ -95,19 +101,29 @@ def gemm_mode(p: SystolicParams, weights: str, acts: str) -> int:
     return 0
 
 
+def held_weight_bytes(op: Op) -> float:
+    """Weight bytes of ``op`` a chip holds: what a step reads, except for routed experts,
+    where a step reads only the experts its tokens touch but the chip holds all of its
+    experts."""
+    if op.kind == OpKind.EXPERT_FFN:
+        return op.params * DTYPE_BYTES[op.weight_dtype]
+    return op.weight_bytes
+
+
 def pinned_weights(ops: list[Op], p: SystolicParams) -> dict[str, bool]:
     """Op id -> its weights stay resident in the scratchpad (ops of each chip in order,
-    while they fit ``pin_fraction`` of it). Embedding tables stay in HBM (a step gathers only
-    a few rows)."""
+    while they fit ``pin_fraction`` of it; all of a chip's experts, touched or not).
+    Embedding tables stay in HBM (a step gathers only a few rows)."""
     budget = p.scratchpad.bytes * p.mapping.pin_fraction
     used: dict[int, float] = {}
     out: dict[str, bool] = {}
     for op in ops:
-        if op.kind not in (OpKind.MATMUL, OpKind.NORM) or op.weight_bytes <= 0:
+        held = held_weight_bytes(op)
+        if op.kind not in PINNABLE or held <= 0:
             continue
         have = used.get(op.stage, 0.0)
-        if have + op.weight_bytes <= budget:
-            used[op.stage] = have + op.weight_bytes
+        if have + held <= budget:
+            used[op.stage] = have + held
             out[op.id] = True
     return out
 
@@ -125,9 +141,10 @@ class Lowerer:
         self.pinned_bytes: dict[int, float] = {}
         self.weight_bytes: dict[int, float] = {}
         for op in self.ops:
-            self.weight_bytes[op.stage] = self.weight_bytes.get(op.stage, 0.0) + op.weight_bytes
+            held = held_weight_bytes(op)
+            self.weight_bytes[op.stage] = self.weight_bytes.get(op.stage, 0.0) + held
             if self.pinned.get(op.id):
-                self.pinned_bytes[op.stage] = self.pinned_bytes.get(op.stage, 0.0) + op.weight_bytes
+                self.pinned_bytes[op.stage] = self.pinned_bytes.get(op.stage, 0.0) + held
         self.out_of: dict[str, list[int]] = {}
         self.last_array: dict[int, int] = {}  # stage -> its last array pass (prefetch window)
         self.last_stream: dict[int, int] = {}  # stage -> its last stream DMA (in order)
@@ -280,6 +297,14 @@ class Lowerer:
                     "send", "link", op, deps=self.inputs(op), link_bytes=op.link_bytes * self.f
                 )
             ]
+        if kind == OpKind.ROUTER:
+            return self.router(op)
+        if kind == OpKind.EXPERT_FFN:
+            return self.expert_ffn(op)
+        if kind == OpKind.ALL_TO_ALL:
+            return self.all_to_all(op)
+        if kind == OpKind.MLA_ATTENTION:
+            return self.mla_attention(op)
         return self.vector(op)
 
     def vector(self, op: Op) -> list[int]:
@@ -295,10 +320,24 @@ class Lowerer:
         ops, depth = VECTOR_WORK[name]
         elements = self.rows(op.dim("m")) * op.dim("n")
         acts = (op.act_in_bytes + op.act_out_bytes) * self.f
-        moved = acts + op.weight_bytes
+        weights = 0.0 if self.pinned.get(op.id) else op.weight_bytes
+        return [
+            self.vector_pass(op, self.inputs(op), elements, ops, depth, acts, op.weight_bytes,
+                             weights)
+        ]  # fmt: skip
+
+    def vector_pass(
+        self, op: Op, deps, elements: int, ops: int, depth: int, acts: float,
+        weights: float = 0.0, streamed_weights: float = 0.0,
+    ) -> int:  # fmt: skip
+        """One pass of the vector units over ``elements`` elements (``ops`` element ops each,
+        ``depth`` dependent), reading and writing ``acts`` bytes of activations and
+        ``weights`` bytes of weights in the scratchpad; activations that do not fit and
+        ``streamed_weights`` stream from and back to HBM in double-buffered blocks."""
+        moved = acts + weights
         a_res = self.acts_fit(op, acts)
-        spill = (0.0 if a_res else acts) + (0.0 if self.pinned.get(op.id) else op.weight_bytes)
-        deps, tail, last_work = self.inputs(op), -1, 0
+        spill = (0.0 if a_res else acts) + streamed_weights
+        tail, last_work = -1, 0
         if spill > 0:  # weights alone need not wait for the activations
             block = self.free_bytes(op.stage) / 4  # double-buffered input and output blocks
             blocks = max(1, math.ceil(spill / block))
@@ -308,24 +347,38 @@ class Lowerer:
             )
             deps = [*deps, first]
         i = self.emit("vector", "vector", op, deps=deps, sram=moved, m=elements, n=ops, k=depth)
-        return [self.join(op, "vector", i, tail, last_work)]
+        return self.join(op, "vector", i, tail, last_work)
 
     def gemm(self, op: Op) -> list[int]:
-        p, f = self.p, self.f
         bmm = op.kind == OpKind.BMM
         g = self.rows(op.dim("batch")) if bmm else 1
         m = op.dim("m") if bmm else self.rows(op.dim("m"))
-        n, k = op.dim("n"), op.dim("k")
         wdt = op.act_dtype if bmm else op.weight_dtype
+        acts = (op.act_in_bytes + op.act_out_bytes) * self.f  # bmm: both operands are acts
+        w_res = None if bmm else bool(self.pinned.get(op.id))
+        flops = op.flops * self.f
+        return [
+            self.array_gemm(op, self.inputs(op), m, op.dim("n"), op.dim("k"), g, wdt, acts,
+                            w_res, flops)
+        ]  # fmt: skip
+
+    def array_gemm(
+        self, op: Op, deps, m: int, n: int, k: int, g: int, wdt: str, acts: float,
+        w_res: bool | None, flops: float,
+    ) -> int:  # fmt: skip
+        """``g`` GEMMs [m, k] @ [k, n] with ``wdt`` weights (or a second activation
+        operand: ``w_res`` None, resident when the activations are) on the arrays, as the
+        mapper maps them; the operands that live in HBM stream in double-buffered tiles.
+        ``acts``: activation bytes the GEMMs read and write. Returns the op's end."""
+        p = self.p
         mode = gemm_mode(p, wdt, op.act_dtype)
         wb, ab = DTYPE_BYTES[wdt], DTYPE_BYTES[op.act_dtype]
-        acts = (op.act_in_bytes + op.act_out_bytes) * f  # bmm: both operands are activations
         a_res = self.acts_fit(op, acts)
-        w_res = a_res if bmm else bool(self.pinned.get(op.id))
+        w_res = a_res if w_res is None else w_res
         free = self.free_bytes(op.stage)
         budget = free / 2 if a_res else free
         mp = map_gemm(p, m, n, k, g, mode, wb, ab, float(ELEM_BYTES), w_res, a_res, budget)
-        deps, tail, last_work = self.inputs(op), -1, 0
+        tail, last_work = -1, 0
         arr = mp.array
         if mp.streams:
             order = "dma.mnk" if mp.loop_order == "mnk" else "dma.nmk"
@@ -354,36 +407,16 @@ class Lowerer:
             k=k,
             g=g,
             h=mode,
-            flops=op.flops * f,
+            flops=flops,
             aux=WEIGHTS_RESIDENT * int(w_res) + ACTS_RESIDENT * int(a_res),
         )
         self.last_array[op.stage] = i
-        return [self.join(op, "arrays", i, tail, last_work)]
+        return self.join(op, "arrays", i, tail, last_work)
 
-    def attention(self, op: Op) -> list[int]:
-        """The new K, V appended to the cache in HBM; K and V stream in blocks (decode: the
-        cache is in HBM; prefill: from the scratchpad when this step's K, V fit there); per
-        (sequence, KV head) the arrays compute Q K^T, the vector units the softmax (one block
-        behind), the arrays P V."""
-        p = self.p
-        b = self.rows(op.dim("batch"))
-        heads, kvh, d = op.dim("heads"), op.dim("kv_heads"), op.dim("head_dim")
-        q, kv = op.dim("q_len"), op.dim("kv_len")
-        pairs = q * (kv - q) + q * (q + 1) / 2 if op.dim("causal") else q * kv
-        kv_eff = max(1, math.ceil(pairs / q - 1e-9))  # keys per query on average
-        q_rows = q * (heads // kvh)  # queries that share one KV head
-        inst = b * kvh
-        kvb, ab = DTYPE_BYTES[op.weight_dtype], DTYPE_BYTES[op.act_dtype]
-        mode = gemm_mode(p, op.weight_dtype, op.act_dtype)
-        read = op.kv_read_bytes * self.f
-        write = op.kv_write_bytes * self.f
-        free = self.free_bytes(op.stage)
-        from_hbm = q == 1 or not self.acts_fit(op, read)
-        mp: AttentionMapping = map_attention(
-            p, q_rows, kv_eff, d, inst, mode, ab, kvb, from_hbm, free / 2
-        )
-        deps = self.inputs(op)
-        if write > 0:  # the new K, V leave for HBM beside the computation (no one waits)
+    def kv_append(self, op: Op, deps, write: float, rows: int, seqs: int) -> None:
+        """The step's new K, V (or latents) leave for HBM beside the computation (no one
+        waits for them)."""
+        if write > 0:
             self.emit(
                 "dma.kv_write",
                 self.dma_unit(op.stage),
@@ -391,9 +424,48 @@ class Lowerer:
                 deps=deps,
                 hbm=write,
                 sram=write,
-                m=b * q,
-                n=b,
+                m=rows,
+                n=seqs,
             )
+
+    def attention(self, op: Op) -> list[int]:
+        """The new K, V appended to the cache in HBM; K and V stream in blocks (decode: the
+        cache is in HBM; prefill: from the scratchpad when this step's K, V fit there); per
+        (sequence, KV head) the arrays compute Q K^T, the vector units the softmax (one block
+        behind), the arrays P V."""
+        b = self.rows(op.dim("batch"))
+        heads, kvh, d = op.dim("heads"), op.dim("kv_heads"), op.dim("head_dim")
+        q, kv = op.dim("q_len"), op.dim("kv_len")
+        pairs = q * (kv - q) + q * (q + 1) / 2 if op.dim("causal") else q * kv
+        kv_eff = max(1, math.ceil(pairs / q - 1e-9))  # keys per query on average
+        q_rows = q * (heads // kvh)  # queries that share one KV head
+        read = op.kv_read_bytes * self.f
+        deps = self.inputs(op)
+        self.kv_append(op, deps, op.kv_write_bytes * self.f, b * q, b)
+        from_hbm = q == 1 or not self.acts_fit(op, read)
+        att = self.attend(op, deps, b * kvh, q_rows, kv_eff, d, d, read, from_hbm,
+                          op.weight_dtype, op.flops * self.f, 0.5)  # fmt: skip
+        return [att]
+
+    def attend(
+        self, op: Op, deps, inst: int, q_rows: int, kv_eff: int, dk: int, dv: int,
+        read: float, from_hbm: bool, kv_dtype: str, flops: float, qk_share: float,
+        token_elems: int = 0,
+    ) -> int:  # fmt: skip
+        """``inst`` attention instances of ``q_rows`` query rows over ``kv_eff`` keys: the
+        cache (``read`` bytes) streams in blocks from HBM (``from_hbm``) or is in the
+        scratchpad; the arrays compute Q K^T ([q_rows, dk] x [dk, kv]), the vector units the
+        softmax one block behind, the arrays P V ([q_rows, kv] x [kv, dv]). ``qk_share``:
+        the share of ``flops`` in Q K^T; ``token_elems``: cached elements per token and
+        instance (0: K and V, 2 dk)."""
+        p = self.p
+        kvb, ab = DTYPE_BYTES[kv_dtype], DTYPE_BYTES[op.act_dtype]
+        mode = gemm_mode(p, kv_dtype, op.act_dtype)
+        free = self.free_bytes(op.stage)
+        mp: AttentionMapping = map_attention(
+            p, q_rows, kv_eff, dk, inst, mode, ab, kvb, from_hbm, free / 2, dv=dv,
+            token_elems=token_elems,
+        )  # fmt: skip
         blocks = max(1, math.ceil(kv_eff / mp.block_tokens))
         tail, last_work = -1, math.ceil((mp.qk.cycles + mp.pv.cycles) / blocks)
         if from_hbm:
@@ -405,11 +477,10 @@ class Lowerer:
                 mp.descriptors,
                 mp.fill_bytes,
                 m=mp.block_tokens,
-                k=d,
+                k=dk,
                 g=inst,
             )
             deps = [*deps, first]
-        half = op.flops * self.f / 2
         qk = self.emit(
             gemm_opcode(mp.qk.dataflow, mp.qk.split),
             "arrays",
@@ -418,10 +489,10 @@ class Lowerer:
             sram=mp.qk.sram_bytes,
             m=q_rows,
             n=kv_eff,
-            k=d,
+            k=dk,
             g=inst,
             h=mode,
-            flops=half,
+            flops=flops * qk_share,
         )
         scores = inst * q_rows * kv_eff
         ops, depth = VECTOR_WORK["softmax"]
@@ -444,14 +515,132 @@ class Lowerer:
             lagged=[(sm, START_START, sm_block)],
             sram=mp.pv.sram_bytes,
             m=q_rows,
-            n=d,
+            n=dv,
             k=kv_eff,
             g=inst,
             h=mode,
-            flops=half,
+            flops=flops * (1.0 - qk_share),
         )
         self.last_array[op.stage] = pv
-        return [self.join(op, "arrays", pv, tail, last_work)]
+        return self.join(op, "arrays", pv, tail, last_work)
+
+    # ---- mixture of experts and MLA -----------------------------------------------------------
+    def router(self, op: Op) -> list[int]:
+        """The gate GEMM [tokens, hidden] @ [hidden, experts] on the arrays, then the scores
+        (softmax or sigmoid) and the top-k on the vector units: k max-selections over each
+        token's experts (a compare-select and a mask per element each)."""
+        t, experts, h = self.rows(op.dim("m")), op.dim("n"), op.dim("k")
+        ab, k = DTYPE_BYTES[op.act_dtype], op.dim("topk")
+        gemm = self.array_gemm(
+            op, self.inputs(op), t, experts, h, 1, op.weight_dtype,
+            t * (h * ab + experts * ELEM_BYTES), bool(self.pinned.get(op.id)), op.flops * self.f,
+        )  # fmt: skip
+        ops, depth = VECTOR_WORK["softmax"]
+        scores = t * experts
+        acts = scores * ACC_BYTES + op.act_out_bytes * self.f
+        return [self.vector_pass(op, [gemm], scores, ops + 2 * k, depth + k, acts)]
+
+    def expert_ffn(self, op: Op) -> list[int]:
+        """The routed experts of this chip as grouped GEMMs: the token-expert pairs gathered
+        into expert order (a vector pass over their hidden states), gate/up over the experts
+        the micro-batch touches (``g``: the expected count, rounded; ``m``: the mean rows per
+        touched expert), SiLU-and-multiply, down, and each token's outputs scaled by their
+        gates and summed (a vector pass). Pinned experts stay in the scratchpad (all of
+        them: the router picks at run time); streamed ones bring only the touched experts'
+        weights from HBM."""
+        load = op.experts.with_tokens(self.rows(op.dim("tokens")))
+        rows = load.routed()
+        h, width, mats = op.dim("n"), op.dim("k"), 3 if op.dim("gated") else 2
+        up = (mats - 1) * width
+        active = max(1, round(load.active()))
+        m = max(1, math.ceil(rows / active - 1e-9))
+        pairs = max(1, math.ceil(rows - 1e-9))
+        ab, f = DTYPE_BYTES[op.act_dtype], self.f
+        flops, w_res = op.flops * f, bool(self.pinned.get(op.id))
+        gather = self.vector_pass(op, self.inputs(op), pairs * h, 1, 1, 2 * pairs * h * ab)
+        gate_up = self.array_gemm(
+            op, [gather], m, up, h, active, op.weight_dtype,
+            pairs * (h * ab + up * ELEM_BYTES), w_res, flops * (mats - 1) / mats,
+        )  # fmt: skip
+        ops, depth = VECTOR_WORK["silu_mul" if op.dim("gated") else "gelu"]
+        act = self.vector_pass(op, [gate_up], pairs * width, ops, depth,
+                               pairs * (up + width) * ELEM_BYTES)  # fmt: skip
+        down = self.array_gemm(
+            op, [act], m, h, width, active, op.weight_dtype,
+            pairs * (width + h) * ELEM_BYTES, w_res, flops / mats,
+        )  # fmt: skip
+        out = pairs * h * ELEM_BYTES + op.act_out_bytes * f
+        return [self.vector_pass(op, [down], pairs * h, 2, 2, out)]
+
+    def all_to_all(self, op: Op) -> list[int]:
+        """An MoE dispatch or combine. Between pipeline stages (expert slices packed onto
+        stages, ``dst_stage``): a transfer to that stage's chip on the link the destination
+        picks (a chip's links carry its transfers to several stages at once). Inside an
+        expert-parallel group: every chip sends a share to each peer; the all-gather and
+        reduce-scatter around an expert-parallel block move the whole [tokens, hidden]
+        tensor as ring or one-shot collectives (``timing.alltoall_cycles``)."""
+        nbytes = op.link_bytes * self.f
+        deps = self.inputs(op)
+        if "dst_stage" in op.shape:
+            port = (op.dim("dst_stage") - op.stage) % self.p.links.count
+            return [self.emit("send", f"link{port}", op, deps=deps, link_bytes=nbytes)]
+        sent, received, peers = op.link_bytes, float(op.dim("recv_bytes")), max(1, op.group - 1)
+        pattern = op.dim("pattern")
+        if pattern == A2A_ALL_GATHER:  # the gathered tensor: what came in and the own share
+            size = received + sent / peers
+        elif pattern == A2A_REDUCE_SCATTER:
+            size = sent + received / peers
+        else:
+            size = max(sent, received)
+        return [
+            self.emit("alltoall", "link", op, deps=deps, g=op.group, m=pattern,
+                      k=math.ceil(size * self.f - 1e-9), link_bytes=nbytes)
+        ]  # fmt: skip
+
+    def mla_attention(self, op: Op) -> list[int]:
+        """MLA. The step's latents are appended to the cache in HBM. Decode (absorbed):
+        q_nope @ W^UK per head (``heads`` GEMMs [tokens, nope] @ [nope, latent]), attention
+        over the latent cache streamed from HBM, every local head a query row of one
+        instance per sequence (scores over latent + rope dims, P @ latent), then @ W^UV per
+        head. Prefill: kv_b_proj expands every position's latent into K_nope and V (one GEMM;
+        the result spills to HBM when it does not fit), then causal attention per (sequence,
+        head) over K = [K_nope, rope key] and V."""
+        b = self.rows(op.dim("batch"))
+        heads, q, kv = op.dim("heads"), op.dim("q_len"), op.dim("kv_len")
+        lat, rope, nope, v = op.dim("latent"), op.dim("rope"), op.dim("nope"), op.dim("v_dim")
+        t, f, ab = b * q, self.f, DTYPE_BYTES[op.act_dtype]
+        w_res, wdt = bool(self.pinned.get(op.id)), op.weight_dtype
+        flops = op.flops * f
+        deps = self.inputs(op)
+        self.kv_append(op, deps, op.kv_write_bytes * f, t, b)
+        if op.dim("absorbed"):
+            f_uk, f_uv = 2.0 * t * heads * nope * lat, 2.0 * t * heads * lat * v
+            q_acts = t * heads * (nope * ab + lat * ELEM_BYTES)
+            uk = self.array_gemm(op, deps, t, lat, nope, heads, wdt, q_acts, w_res, f_uk)
+            att = self.attend(
+                op, [uk], b, heads * q, kv, lat + rope, lat, op.kv_read_bytes * f, True,
+                self.sc.precision.kv, flops - f_uk - f_uv, (lat + rope) / (2 * lat + rope),
+                lat + rope,
+            )  # fmt: skip
+            uv = self.array_gemm(op, [att], t, v, lat, heads, wdt,
+                                 t * heads * (lat + v) * ELEM_BYTES, w_res, f_uv)  # fmt: skip
+            return [uv]
+        rows = b * kv  # positions whose latents are expanded
+        f_exp = 2.0 * rows * lat * heads * (nope + v)
+        kvb = DTYPE_BYTES[self.sc.precision.kv]
+        expand = self.array_gemm(
+            op, deps, rows, heads * (nope + v), lat, 1, wdt,
+            rows * (lat * kvb + heads * (nope + v) * ELEM_BYTES), w_res, f_exp,
+        )  # fmt: skip
+        expanded = rows * heads * (nope + rope + v) * ELEM_BYTES  # K and V of every head
+        pairs = q * (kv - q) + q * (q + 1) / 2 if op.dim("causal") else q * kv
+        kv_eff = max(1, math.ceil(pairs / q - 1e-9))
+        att = self.attend(
+            op, [expand], b * heads, q, kv_eff, nope + rope, v, expanded,
+            not self.acts_fit(op, expanded), "bf16", flops - f_exp,
+            (nope + rope) / (nope + rope + v), nope + rope + v,
+        )  # fmt: skip
+        return [att]
 
 
 def lower(g: nx.DiGraph, plan: Plan, p: SystolicParams, sc: Scenario) -> InstructionStream:

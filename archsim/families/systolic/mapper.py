@@ -229,15 +229,20 @@ def map_attention(
     kvb: float,
     from_hbm: bool,
     budget: float,
+    dv: int = 0,
+    token_elems: int = 0,
 ) -> AttentionMapping:
-    """QK^T ([q_rows, d] x [d, kv]) and PV ([q_rows, kv] x [kv, d]) per instance, each mapped
-    on the arrays; K and V stream from HBM in double-buffered blocks of ``block_tokens``
-    (the largest power of two whose buffers for all ``g`` instances fit)."""
+    """QK^T ([q_rows, d] x [d, kv]) and PV ([q_rows, kv] x [kv, dv]) per instance, each
+    mapped on the arrays (``dv`` 0: d); K and V stream from HBM in double-buffered blocks of
+    ``block_tokens`` (the largest power of two whose buffers for all ``g`` instances fit).
+    ``token_elems``: cached elements of one token per instance (0: K and V, 2 d; MLA's
+    latent, which serves as both, d)."""
+    dv = dv or d
     qk = map_array(p, q_rows, kv, d, g, mode, kvb, ab, float(ACC_BYTES))
-    pv = map_array(p, q_rows, d, kv, g, mode, kvb, ab, ab)
+    pv = map_array(p, q_rows, dv, kv, g, mode, kvb, ab, ab)
     if not from_hbm:
         return AttentionMapping(qk, pv, kv, 0.0, 0)
-    per_token = g * 2 * d * kvb  # K and V of one token for every instance
+    per_token = g * (token_elems or 2 * d) * kvb  # the cache of one token, every instance
     if 2 * per_token > budget:
         raise CapacityError(
             f"{p.name}: the scratchpad space left ({budget / 2**20:.2f} MiB) cannot "

@@ -22,7 +22,13 @@ from dataclasses import replace
 import networkx as nx
 
 from archsim.compiler.packing import chip_bytes, partition_sram, plan_sram
-from archsim.compiler.partition import memory_need, partition, split_layers
+from archsim.compiler.partition import (
+    expert_parallel_degree,
+    memory_need,
+    partition,
+    replicated_on_chip,
+    split_layers,
+)
 from archsim.core.errors import CapacityError, ScenarioError
 from archsim.core.plan import Plan
 from archsim.families.systolic.params import SystolicParams
@@ -31,9 +37,13 @@ from archsim.graph.ops import OpKind
 
 def pinnable_bytes(op, tp: int, wb: float) -> float:
     """Bytes of ``op`` one chip keeps in its scratchpad when weights live there: its weight
-    share (not the KV cache, not an embedding table)."""
+    share (not the KV cache or MLA's latent cache, not an embedding table; every expert of
+    an expert slice, touched or not)."""
     if op.kind in (OpKind.EMBEDDING, OpKind.ATTENTION):
         return 0.0
+    if op.kind == OpKind.MLA_ATTENTION:  # kv_b_proj, split by heads; the latents stay in HBM
+        heads = op.dim("heads")
+        return op.params * wb * math.ceil(heads / tp) / heads
     return chip_bytes(op, tp, wb)
 
 
@@ -45,8 +55,10 @@ def check_hbm(pg: nx.DiGraph, plan: Plan, p: SystolicParams) -> None:
     per_stage = [plan.need.act_bytes] * plan.pp
     for _, d in pg.nodes(data=True):
         op = d["op"]
-        if op.kind == OpKind.ATTENTION:
+        if op.kind in (OpKind.ATTENTION, OpKind.MLA_ATTENTION):
             per_stage[op.stage] += op.kv_read_bytes + op.kv_write_bytes
+            if plan.extra.get("weight_home") == "hbm":
+                per_stage[op.stage] += op.params * wb  # MLA's kv_b_proj
         elif op.kind == OpKind.EMBEDDING or plan.extra.get("weight_home") == "hbm":
             per_stage[op.stage] += op.params * wb
     cap = p.hbm.bytes * p.hbm.usable_fraction
@@ -59,13 +71,20 @@ def check_hbm(pg: nx.DiGraph, plan: Plan, p: SystolicParams) -> None:
         )
 
 
-def chip_hbm_bytes(op, tp: int, wb: float) -> float:
+def chip_hbm_bytes(op, tp: int, wb: float, ep: int = 1) -> float:
     """HBM bytes ``op`` puts on one chip of a ``tp``-chip group when weights live in HBM: its
     weight share and, for attention, the KV cache of its KV heads (replicated when there are
-    fewer KV heads than chips, as ``compiler.partition.shard`` splits them)."""
+    fewer KV heads than chips, as ``compiler.partition.shard`` splits them); MLA's latent
+    cache whole on every chip beside its heads' share of kv_b_proj. Under expert parallelism
+    (``ep`` > 1) each chip holds E / ep experts whole and the shared experts whole
+    (``compiler.partition.replicated_on_chip``)."""
     if op.kind == OpKind.ATTENTION:
         kvh = op.dim("kv_heads")
         return (op.kv_read_bytes + op.kv_write_bytes) * max(1, kvh // tp) / kvh
+    if op.kind == OpKind.MLA_ATTENTION:
+        return op.kv_write_bytes + chip_bytes(op, tp, wb)  # chip_bytes: latents + weights
+    if ep > 1 and replicated_on_chip(op, ep):
+        return op.params * wb
     return chip_bytes(op, tp, wb)
 
 
@@ -88,9 +107,10 @@ def plan_hbm(g: nx.DiGraph, p: SystolicParams, chips: int | None) -> Plan:
     per_layer: dict[int, dict[int, float]] = {}  # tp -> layer -> bytes on one chip
     for tp in tps:
         held = per_layer.setdefault(tp, {})
+        ep = expert_parallel_degree(spec, tp)
         for op in ops:
             layer = min(max(op.layer, -1), n_layers)  # embedding -1, head n_layers
-            held[layer] = held.get(layer, 0.0) + chip_hbm_bytes(op, tp, wb)
+            held[layer] = held.get(layer, 0.0) + chip_hbm_bytes(op, tp, wb, ep)
 
     def fullest(tp: int, stages) -> float:
         held = per_layer[tp]
@@ -130,6 +150,7 @@ def plan_hbm(g: nx.DiGraph, p: SystolicParams, chips: int | None) -> Plan:
                 need=need,
                 capacity_bytes_per_chip=cap,
                 extra={"weight_home": "hbm"},
+                ep=expert_parallel_degree(spec, tp),
             )
     raise CapacityError(
         f"{spec.name} does not fit the HBM of {chips if chips else 'any number of'} "

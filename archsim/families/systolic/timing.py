@@ -57,11 +57,12 @@ OTHER_OPCODES = [
     "allreduce",  # ring all-reduce over the chip-to-chip links
     "send",  # activations to the next pipeline stage
     "join",  # an op's end: its last pass and its stream's last block (no work)
+    "alltoall",  # MoE dispatch / combine among the chips of an expert-parallel group
 ]
 OPCODES = GEMM_OPCODES + OTHER_OPCODES
 VECTOR = len(GEMM_OPCODES)
 DMA_FIRST, DMA_LAST = VECTOR + 1, VECTOR + 6
-ALLREDUCE, SEND, JOIN = VECTOR + 7, VECTOR + 8, VECTOR + 9
+ALLREDUCE, SEND, JOIN, ALLTOALL = VECTOR + 7, VECTOR + 8, VECTOR + 9, VECTOR + 10
 # precision modes of a GEMM (h column): index into the rate table
 MODES = ("bf16", "fp8", "int8", "int4")
 
@@ -134,6 +135,39 @@ def allreduce_cycles(nbytes, ranks, hop, link_bw, ar_links, n_links, all_to_all)
 
 
 @njit
+def alltoall_cycles(pattern, sent, nbytes, ranks, hop, link_bw, ar_links, n_links, all_to_all):
+    """One chip's part of an all-to-all among ``ranks`` chips.
+
+    MoE dispatch or combine (``pattern`` 0, 1): the chip sends ``sent`` bytes in all, an
+    equal share to each peer, and sends or receives at most ``nbytes``. Directly linked
+    peers (``all_to_all`` and a link to each): every share on its own link at once, one
+    hop: hop + nbytes / (ranks - 1) / link_bw. Otherwise a bidirectional ring over
+    ``ar_links`` links: a share travels floor(ranks^2 / 4) / (ranks - 1) hops on average
+    (the shortest way round), so with every chip sending as this one does each link carries
+    sent x that mean distance / ar_links, and the chip's own links carry at least its busier
+    direction; the farthest share is floor(ranks / 2) hops away:
+    floor(ranks / 2) hop + max(sent x mean hops, nbytes) / (ar_links x link_bw).
+
+    All-gather or reduce-scatter of a tensor of ``nbytes`` (``pattern`` 2, 3): directly
+    linked, one shot (every chip's share to every peer at once): hop + nbytes / ranks /
+    link_bw; on a ring, ranks - 1 steps of nbytes / ranks over ``ar_links`` links:
+    (ranks - 1) (hop + nbytes / ranks / (ar_links x link_bw))."""
+    if ranks <= 1:
+        return 0
+    peers = ranks - 1
+    direct = all_to_all and peers <= n_links
+    if pattern >= 2:
+        if direct:
+            return hop + int(math.ceil(nbytes / ranks / link_bw - 1e-9))
+        return peers * hop + int(math.ceil(peers * nbytes / ranks / (ar_links * link_bw) - 1e-9))
+    if direct:
+        return hop + int(math.ceil(nbytes / peers / link_bw - 1e-9))
+    mean_hops = (ranks * ranks // 4) / peers
+    load = max(sent * mean_hops, nbytes)
+    return (ranks // 2) * hop + int(math.ceil(load / (ar_links * link_bw) - 1e-9))
+
+
+@njit
 def systolic_durations(
     opcode,
     m,
@@ -162,7 +196,9 @@ def systolic_durations(
 
     Columns: gemm m, n, k = GEMM dims, g = instances, h = precision mode; vector m =
     elements, n = ops per element, k = dependent ops; dma n = descriptors; allreduce g =
-    ranks; send and allreduce move ``link_bytes``.
+    ranks; send and allreduce move ``link_bytes``; alltoall m = pattern, g = ranks, k =
+    bytes of its busier direction (dispatch, combine) or of the whole tensor (all-gather,
+    reduce-scatter).
     """
     out = np.zeros(opcode.shape[0], dtype=np.int64)
     n_gemm = 3 * n_splits
@@ -195,6 +231,10 @@ def systolic_durations(
             )
         elif op == n_gemm + 8:  # send: one hop to the next stage's chip
             out[i] = hop + int(math.ceil(link_bytes[i] / link_bw - 1e-9))
+        elif op == n_gemm + 10:  # all-to-all
+            out[i] = alltoall_cycles(
+                m[i], link_bytes[i], k[i], g[i], hop, link_bw, ar_links, n_links, all_to_all
+            )
     return out
 
 

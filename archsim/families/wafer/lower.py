@@ -54,7 +54,8 @@ SUPPORTED = frozenset(
     k.value
     for k in (
         OpKind.EMBEDDING, OpKind.MATMUL, OpKind.ATTENTION, OpKind.NORM, OpKind.SOFTMAX,
-        OpKind.ROPE, OpKind.ACTIVATION, OpKind.RESIDUAL,
+        OpKind.ROPE, OpKind.ACTIVATION, OpKind.RESIDUAL, OpKind.ROUTER, OpKind.EXPERT_FFN,
+        OpKind.MLA_ATTENTION,
     )
 )  # fmt: skip
 
@@ -111,6 +112,7 @@ class Recipe:
     axis: str = X  # axis the op's output is split along
     resident: Any = 0.0  # bytes per PE held for the whole run (weights, KV)
     act: Any = 0.0  # bytes per PE of working buffers while the op runs
+    kv: Any = 0.0  # of ``resident``, the KV (MLA: latent) cache, where it is not all of it
 
     def local(self, opcode, m, n, cls, *, flops=0.0, onchip=0.0) -> None:
         self.rows.append(dict(opcode=opcode, m=m, n=n, g=cls, aux=1, flops=flops, onchip=onchip))
@@ -144,6 +146,8 @@ class Shape:
 
 def seq_rows(op: Op, sc: Scenario) -> int:
     """Tokens per sequence the op processes (1 in decode, the prompt in prefill)."""
+    if op.kind == OpKind.EXPERT_FFN:  # its m is token-expert rows
+        return max(1, op.dim("tokens") // max(sc.batch, 1))
     return max(1, op.dim("m") // max(sc.batch, 1)) if op.dim("m") else 1
 
 
@@ -187,6 +191,12 @@ def op_recipe(op: Op, s: Shape, env: Env, axis: str, q: int) -> Recipe:
         rc.axis = other(axis)
     elif kind == OpKind.ATTENTION:
         attention(op, s, env, axis, q, rc)
+    elif kind == OpKind.ROUTER:
+        router(op, s, env, axis, q, rc)
+    elif kind == OpKind.EXPERT_FFN:
+        expert_ffn(op, s, env, axis, q, rc)
+    elif kind == OpKind.MLA_ATTENTION:
+        mla_attention(op, s, env, axis, rc)
     elif kind in (OpKind.NORM, OpKind.SOFTMAX):
         n = cdiv(op.dim("n"), a_in)
         rows = line_rows(r if kind == OpKind.NORM else max(1, round(op.dim("m") * f)), q, a_out)
@@ -269,6 +279,183 @@ def attention(op: Op, s: Shape, env: Env, axis: str, q: int, rc: Recipe) -> None
     # through one per sequence at a time, flash-attention style)
     live = r if q == 1 else env.mb
     rc.act = live * (hp * ctx + qd) * FP32
+    rc.axis = axis
+
+
+# ---- mixture of experts and MLA ---------------------------------------------------------------
+def router(op: Op, s: Shape, env: Env, axis: str, q: int, rc: Recipe) -> None:
+    """The gate [hidden, experts] tiled over the region like any weight matrix (its GEMV or
+    MeshGEMM, ``op_recipe``), which leaves each token's expert logits split along the other
+    axis and replicated along this one. Then the top-k: each PE scores its experts (exp or
+    sigmoid), keeps its own k best (k max passes), and one reduction along that axis merges
+    the PEs' (value, index) lists into the token's k best; the k gates are normalised on
+    every PE (softmax is monotonic: the top-k of the probabilities is that of the logits, and
+    Mixtral's renormalised gates are a softmax over the k). The hidden state stays put."""
+    gate = op_recipe(replace(op, kind=OpKind.MATMUL), s, env, axis, q)
+    rc.rows += gate.rows
+    rc.resident, rc.act = gate.resident, gate.act
+    a_in, a_out = s.ext(axis), s.ext(other(axis))
+    k = op.dim("topk")
+    rows, n = line_rows(env.mb * q, q, a_in), cdiv(op.dim("n"), a_out)
+    rc.local("vec", (env.exp_ops + 1) * rows, n, CLS_ADD16)
+    rc.local("vec", k * rows, n, CLS_MAX16)
+    rc.reduce(env, other(axis), a_out, a_in, 2 * k * rows)
+    rc.local("vec", (env.exp_ops + 2) * rows, k, CLS_ADD16)
+    rc.axis = axis
+
+
+def expert_ffn(op: Op, s: Shape, env: Env, axis: str, q: int, rc: Recipe) -> None:
+    """The routed experts of a layer, every expert's matrices tiled over the whole region as
+    a dense FFN's are (each PE holds a tile of every expert: the router picks at run time).
+    The hidden state is already on every line, so dispatch costs nothing: each PE runs the
+    rows routed to each expert against that expert's tile. Decode: gate/up GEMVs over the
+    micro-batch's token-expert rows (one fmach per input element and row), their partial
+    sums reduced along the input axis, SiLU-and-multiply scaled by the row's gate, the down
+    GEMVs accumulating each token's experts into one partial sum, reduced along the other
+    axis: the combine is that reduction. Prefill: MeshGEMM compute-shift steps for each
+    touched expert over its rows. Untouched experts cost SRAM, not time."""
+    a_in, a_out = s.ext(axis), s.ext(other(axis))
+    h, width, gated = op.dim("n"), op.dim("k"), op.dim("gated")
+    up = (2 if gated else 1) * width
+    load = op.experts.with_tokens(env.mb * q)
+    rows = max(1, int(np.ceil(load.routed() - 1e-9)))
+    r = env.mb * q
+    f = env.mb / env.batch
+    share = 1.0 / 3 if gated else 0.5  # of the FLOPs in the down GEMMs
+    mt, nt = cdiv(h, a_in), cdiv(up, a_out)  # gate/up tile, per expert
+    mt2, nt2 = cdiv(width, a_out), cdiv(h, a_in)  # down tile
+    rc.resident = op.dim("experts") * (mt * nt + mt2 * nt2) * env.weight_bytes
+    per_elem = env.weight_bytes + 2 * ACC_BYTES
+    act_ops = env.exp_ops + (5 if gated else 6)  # silu(g) * u (or gelu), x the gate
+    if q == 1:
+        rc.local("mac", mt * rows, nt, CLS_MAC, flops=op.flops * f * (1 - share),
+                 onchip=s.pes * mt * rows * nt * per_elem)  # fmt: skip
+        rc.reduce(env, axis, a_in, a_out, nt * rows)
+        rc.local("vec", act_ops * rows, cdiv(width, a_out), CLS_ADD32)
+        rc.local("mac", mt2 * rows, nt2, CLS_MAC, flops=op.flops * f * share,
+                 onchip=s.pes * mt2 * rows * nt2 * per_elem)  # fmt: skip
+        rc.reduce(env, other(axis), a_out, a_in, nt2 * r)
+        # the tokens' input and output slices; the routed rows' gate/up outputs
+        rc.act = (r * (mt + nt2) + rows * (nt + mt2)) * FP32
+    elif not mesh_pays(load, s):
+        # prefill with few rows per expert: the GEMV phases over every row, each row a
+        # 2-D DSD is not worth the MeshGEMM's steps (below one row per step)
+        rc.local("mac", mt * rows, nt, CLS_MAC, flops=op.flops * f * (1 - share),
+                 onchip=s.pes * mt * rows * nt * per_elem)  # fmt: skip
+        rc.reduce(env, axis, a_in, a_out, nt * cdiv(rows, a_out))
+        rc.local("vec", act_ops * cdiv(rows, a_in), cdiv(width, a_out), CLS_ADD32)
+        rc.local("mac", mt2 * rows, nt2, CLS_MAC, flops=op.flops * f * share,
+                 onchip=s.pes * mt2 * rows * nt2 * per_elem)  # fmt: skip
+        rc.reduce(env, other(axis), a_out, a_in, nt2 * cdiv(r, a_in))
+        # the rows' activations spread over the region, one row's slices in flight
+        rc.act = cdiv(rows * (h + up + width) + r * h, s.pes) * 2 + (mt + nt + mt2 + nt2) * FP32
+    else:
+        active = max(1, round(load.active()))
+        steps = np.maximum(s.cols, s.rows)
+        m_t = cdiv(cdiv(rows, active), steps)  # rows of one expert per step
+        for (k_t, n_t), fl in (((mt, nt), 1 - share), ((mt2, nt2), share)):
+            shift = cdiv(m_t * (k_t + n_t), env.vpw)
+            rc.rows.append(dict(
+                opcode="gemm", m=steps * active, n=m_t * n_t, h=k_t, k=shift,
+                flops=op.flops * f * fl,
+                onchip=s.pes * steps * active * m_t * k_t * n_t * per_elem,
+                fabric=s.pes * steps * active * shift * env.wavelet_bytes,
+            ))  # fmt: skip
+            if fl != share:
+                rc.local("vec", act_ops * cdiv(rows, a_in), cdiv(width, a_out), CLS_ADD32)
+        rc.act = 2 * m_t * (mt + nt) * FP32 + cdiv(rows * (h + up), s.pes) * 2
+    rc.axis = axis
+
+
+def mesh_pays(load, s: Shape) -> bool:
+    """Whether MeshGEMM beats row-by-row GEMVs for the experts of a prefill step: its
+    compute-shift steps (the region's longer side) cost the same whatever the rows, so it
+    pays once each touched expert has at least a row per step, on every candidate shape."""
+    per_expert = load.routed() / max(1.0, round(load.active()))
+    return bool(np.all(per_expert >= np.maximum(s.cols, s.rows)))
+
+
+def mla_attention(op: Op, s: Shape, env: Env, axis: str, rc: Recipe) -> None:
+    """MLA on the layer's region. The latent cache [tokens, latent + rope] is split with the
+    context along ``axis`` and the latent dims along the other axis (no copy: every head
+    reads the same latent). The query arrives with its heads split along ``axis``.
+
+    Decode (absorbed): q_nope @ W^UK per head (each PE holds its heads' slice of W^UK
+    against a slice of the latent dims, reduced over the PEs sharing a head), the latent
+    queries of every head gathered along ``axis`` (a broadcast), the scores against the
+    PE's latent slice for its context slice (reduced along the latent axis), the softmax
+    along the context, P @ latent (reduced along the context), then @ W^UV per head
+    (reduced along the latent axis), which leaves the heads' outputs split along ``axis``
+    as o_proj expects. Prefill: kv_b_proj expands the latents (MeshGEMM), then causal
+    attention over the expanded K and V as for dense models (``attention``, with the true
+    prompt length); the expanded K and V are working buffers, the cache stays latent."""
+    heads, kv_len, q = op.dim("heads"), op.dim("kv_len"), op.dim("q_len")
+    lat, rope, nope, v = op.dim("latent"), op.dim("rope"), op.dim("nope"), op.dim("v_dim")
+    f = env.mb / env.batch
+    r = env.mb * q
+    p1, p0 = s.ext(axis), s.ext(other(axis))
+    ctx = cdiv(kv_len, p1)
+    lat_o = cdiv(lat + rope, p0)  # latent + rope dims per PE
+    hp, seg = cdiv(heads, p1), cdiv(p1, heads)  # heads per PE, PEs per head along axis
+    latent = env.kv_seqs * ctx * lat_o * env.kv_bytes
+    w_uk = cdiv(heads * nope, p1) * cdiv(lat, p0)  # W^UK tile
+    w_uv = hp * cdiv(lat, p0) * cdiv(v, seg)  # W^UV tile
+    rc.local("vec", r if q == 1 else cdiv(r, p1), lat_o, CLS_ADD16)  # append the latents
+    per_elem = env.kv_bytes + 2 * ACC_BYTES
+    if op.dim("absorbed"):
+        t = r  # the micro-batch's tokens
+        f_uk, f_uv = 2.0 * t * heads * nope * lat, 2.0 * t * heads * lat * v
+        f_att = op.flops * f - f_uk - f_uv
+        qk_share = (lat + rope) / (2 * lat + rope)
+        rc.resident = latent + (w_uk + w_uv) * env.weight_bytes
+        rc.local("mac", cdiv(heads * nope, p1) * t, cdiv(lat, p0), CLS_MAC, flops=f_uk,
+                 onchip=s.pes * w_uk * t * per_elem)  # fmt: skip
+        rc.reduce(env, axis, seg, p0, hp * cdiv(lat, p0) * t)
+        rc.reduce(env, axis, p1, p0, heads * lat_o * t, bcast=True)  # every head's query
+        # scores [heads, ctx] += q[heads, d] K[d, ctx]: one fmach per (d, and the shorter of
+        # heads and ctx), a (strided) DSD along the longer
+        few, many = np.minimum(heads, ctx), np.maximum(heads, ctx)
+        rc.local("mac", lat_o * t * few, many, CLS_MAC, flops=f_att * qk_share,
+                 onchip=s.pes * heads * lat_o * t * ctx * per_elem)  # fmt: skip
+        rc.reduce(env, other(axis), p0, p1, heads * ctx * t)
+        rc.reduce(env, axis, p1, p0, heads * t)  # row max
+        rc.local("vec", (env.exp_ops + 1) * t, heads * ctx, CLS_ADD16)  # [heads, ctx] DSDs
+        rc.reduce(env, axis, p1, p0, heads * t)  # row sum
+        rc.local("mac", cdiv(lat, p0) * t * few, many, CLS_MAC, flops=f_att * (1 - qk_share),
+                 onchip=s.pes * ctx * heads * t * cdiv(lat, p0) * per_elem)  # fmt: skip
+        rc.reduce(env, axis, p1, p0, heads * cdiv(lat, p0) * t)
+        rc.local("mac", hp * cdiv(lat, p0) * t, cdiv(v, seg), CLS_MAC, flops=f_uv,
+                 onchip=s.pes * w_uv * t * per_elem)  # fmt: skip
+        rc.reduce(env, other(axis), p0, p1, hp * cdiv(v, seg) * t)
+        # the micro-batch's tokens pass one at a time (each sequence has its own latents):
+        # one token's latent queries, scores and latent outputs for every head
+        rc.act = heads * (lat_o + ctx + cdiv(lat, p0)) * FP32
+        rc.kv = latent
+    else:
+        rows = env.mb * kv_len  # positions whose latents are expanded
+        f_exp = 2.0 * rows * lat * heads * (nope + v)
+        kt, nt = cdiv(lat, p1), cdiv(heads * (nope + v), p0)
+        steps = np.maximum(s.cols, s.rows)
+        m_t = cdiv(rows, steps)
+        shift = cdiv(m_t * (kt + nt), env.vpw)
+        rc.rows.append(dict(
+            opcode="gemm", m=steps, n=m_t * nt, h=kt, k=shift, flops=f_exp,
+            onchip=s.pes * steps * m_t * kt * nt * (env.weight_bytes + 2 * ACC_BYTES),
+            fabric=s.pes * steps * shift * env.wavelet_bytes,
+        ))  # fmt: skip
+        expanded = replace(
+            op, kind=OpKind.ATTENTION, flops=op.flops - f_exp / f,
+            shape={"batch": op.dim("batch"), "heads": heads, "kv_heads": heads,
+                   "head_dim": (nope + rope + v) // 2, "q_len": q, "kv_len": kv_len,
+                   "causal": op.dim("causal")},
+        )  # fmt: skip
+        sub = Recipe(axis=axis)
+        attention(expanded, s, env, axis, q, sub)
+        rc.rows += sub.rows
+        kv_pe = cdiv(rows * heads * (nope + rope + v), s.pes) * 2  # expanded K, V (bf16)
+        rc.resident = latent + kt * nt * env.weight_bytes
+        rc.kv = latent
+        rc.act = np.maximum(sub.act, 2 * m_t * (kt + nt) * FP32) + kv_pe
     rc.axis = axis
 
 
@@ -464,9 +651,9 @@ class Lowerer:
         if op.layer in self.loaded:
             return []
         nbytes = sum(
-            self.g.nodes[n]["op"].params for n in self.g.nodes if self.g.nodes[n]["op"].layer
-            == op.layer
-        ) * self.env.weight_bytes  # fmt: skip
+            streamed_bytes(self.g.nodes[n]["op"], self.env) for n in self.g.nodes
+            if self.g.nodes[n]["op"].layer == op.layer
+        )  # fmt: skip
         freed = self.last_of_block.get(op.layer - 2, -1)
         levels = 1 + int(np.ceil(np.log2(max(self.plan.dp, 1))))
         i = self.b.add(
@@ -476,6 +663,15 @@ class Lowerer:
         )  # fmt: skip
         self.loaded[op.layer] = i
         return [i]
+
+
+def streamed_bytes(op: Op, env: Env) -> float:
+    """Weight bytes of ``op`` a weight-streaming wafer loads for a step: all of them, except
+    for routed experts, of which only the touched ones (the router has picked them before
+    the layer's experts are needed)."""
+    if op.kind == OpKind.EXPERT_FFN:
+        return op.weight_bytes
+    return op.params * env.weight_bytes
 
 
 def lower(g: nx.DiGraph, plan: Plan, p: WaferParams, sc: Scenario) -> InstructionStream:

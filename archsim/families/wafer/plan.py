@@ -99,6 +99,8 @@ def price_block(
         resident = resident + rc.resident
         if op.kind == OpKind.ATTENTION:
             kv = kv + rc.resident
+        elif op.kind == OpKind.MLA_ATTENTION:
+            kv = kv + rc.kv
         act = np.maximum(act, rc.act)
         rows_all += rc.rows
     cycles = np.zeros(n, dtype=np.int64)
@@ -182,17 +184,20 @@ def micro_batches(batch: int, stages: int, p: WaferParams) -> tuple[int, int]:
     return math.ceil(batch / mb), mb
 
 
-def _layout_for_width(blocks, cols, env, sc, p, chips, forced_rows) -> Layout | None:
-    """The best layout whose blocks are ``cols`` wide (None if nothing fits)."""
+def _layout_for_width(blocks, cols, env, sc, p, chips, forced_rows, kinds) -> Layout | None:
+    """The best layout whose blocks are ``cols`` wide (None if nothing fits). ``kinds``:
+    ``block_kinds(blocks)``."""
     width, height = program_rect(p)
     ncols = width // cols
     if ncols == 0:
         return None
     n_layers = n_layers_of(blocks)
     layers = [i for i, (layer, _) in enumerate(blocks) if 0 <= layer < n_layers]
-    template = blocks[layers[0]][1]
-    others = {i: min_rows(ops, cols, env, sc, p, height) for i, (_, ops) in enumerate(blocks)
-              if i not in layers}  # fmt: skip
+    shaped = template_layers(kinds, layers)  # the layers that share the optimised shape
+    template = blocks[shaped[0]][1]
+    sized: dict[int, int] = {}  # blocks of one kind need the same rows
+    others = {i: _min_rows_of(ops, kinds[i], sized, cols, env, sc, p, height)
+              for i, (_, ops) in enumerate(blocks) if i not in shaped}  # fmt: skip
     lo = min_rows(template, cols, env, sc, p, height)
     if forced_rows:
         if forced_rows < lo:
@@ -225,15 +230,43 @@ def _layout_for_width(blocks, cols, env, sc, p, chips, forced_rows) -> Layout | 
     cand = np.arange(lo, hi + 1)
     layer = price_block(template, cols, cand, env, sc, p).cycles
     hop = p.fabric.hop_cycles
-    est = len(layers) * (layer + cand * hop)  # + one region's height of hops per layer
+    est = len(shaped) * (layer + cand * hop)  # + one region's height of hops per layer
     best = int(np.argmin(est))
     h = int(cand[best])
     heights, slots = place(h)
     extra = sum(
         float(price_block(ops, cols, others[i], env, sc, p).cycles[0]) for i, (_, ops) in
-        enumerate(blocks) if i not in layers
+        enumerate(blocks) if i not in shaped
     )  # fmt: skip
     return Layout(cols, h, heights, slots, float(est[best]) + extra)
+
+
+def block_kinds(blocks) -> list[int]:
+    """A number per block, equal for blocks that need the same region: the same ops' kinds,
+    roles, shapes and parameters (whatever their layer index)."""
+    seen: dict[tuple, int] = {}
+    out = []
+    for _, ops in blocks:
+        key = tuple((o.kind.value, o.role, tuple(sorted(o.shape.items())), o.params) for o in ops)
+        out.append(seen.setdefault(key, len(seen)))
+    return out
+
+
+def template_layers(kinds: list[int], layers: list[int]) -> list[int]:
+    """The decoder layers whose region shape the compiler optimises: those of the most
+    common kind (DeepSeek-V3's 58 MoE layers, not its 3 dense ones; ties: the later kind).
+    Layers of any other kind get the fewest rows that hold them, as the embedding does."""
+    count: dict[int, int] = {}
+    for i in layers:
+        count[kinds[i]] = count.get(kinds[i], 0) + 1
+    best = max(layers, key=lambda i: (count[kinds[i]], i))
+    return [i for i in layers if kinds[i] == kinds[best]]
+
+
+def _min_rows_of(ops, kind: int, sized: dict, cols, env, sc, p, height) -> int:
+    if kind not in sized:
+        sized[kind] = min_rows(ops, cols, env, sc, p, height)
+    return sized[kind]
 
 
 def n_layers_of(blocks) -> int:
@@ -259,8 +292,9 @@ def choose_layout(blocks, env, sc, p, chips: int | None) -> Layout:
         widths = sorted({width // c for c in range(1, MAX_COLUMN_SPLITS + 1)
                          if width // c >= MIN_REGION_COLS})  # fmt: skip
     best: Layout | None = None
+    kinds = block_kinds(blocks)
     for cols in widths:
-        lay = _layout_for_width(blocks, cols, env, sc, p, chips, m.region_rows)
+        lay = _layout_for_width(blocks, cols, env, sc, p, chips, m.region_rows, kinds)
         if lay is None:
             continue
         if best is None or (lay.wafers, lay.est_cycles) < (best.wafers, best.est_cycles):
