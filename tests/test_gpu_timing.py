@@ -111,3 +111,42 @@ def test_decode_knee_of_a_70b_layer():
     t1 = t(1)
     assert t(64) < 1.2 * t1
     assert t(2048) > 10 * t1
+
+
+@pytest.mark.parametrize(
+    ("model", "phase", "batch", "chips", "layers", "overrides"),
+    [
+        ("llama3-70b", "decode", 4, 4, None, []),  # CUDA graphs, tensor parallel
+        ("llama3-70b", "decode", 8, 16, None, []),  # two pipeline stages: sends between them
+        ("llama3-8b", "prefill", 2, 1, None, []),  # eager launches (host unit)
+        ("llama3-8b", "decode", 2, 2, None, ["kernel.decode_cuda_graphs=false"]),
+        ("mixtral-8x7b", "decode", 16, 4, None, []),  # experts over the tensor group
+        ("deepseek-v3", "decode", 4, 8, 8, []),  # MLA, 3 dense first layers, MoE after
+        ("bamba-9b", "decode", 4, 1, None, []),  # SSM layers between attention layers
+    ],
+)
+def test_replayed_layers_give_the_same_stream(
+    model, phase, batch, chips, layers, overrides, monkeypatch
+):
+    """Lowering a decoder layer once and replaying it for identical layers yields exactly the
+    stream that lowering every layer yields (every column, dependency and name)."""
+    from archsim.config import parse_overrides
+    from archsim.families.gpu import lower as gpu_lower
+    from archsim.graph import build_graph
+    from archsim.graph.model import load_model
+    from archsim.graph.scenario import Scenario
+
+    p = load_arch("h100-like", parse_overrides(overrides))
+    fam = get_family("h100-like")
+    g = build_graph(load_model(model), Scenario(phase=phase, batch=batch, seq=512), layers)
+    plan = fam.plan(g, p, chips)
+    pg = fam.partition(g, plan, p)
+    fresh = gpu_lower.lower(pg, plan, p, phase, reuse_layers=False)
+    replays = []
+    replay = gpu_lower._LayerTemplate.replay
+    monkeypatch.setattr(
+        gpu_lower._LayerTemplate, "replay", lambda self, *a: replays.append(1) or replay(self, *a)
+    )
+    replayed = gpu_lower.lower(pg, plan, p, phase, reuse_layers=True)
+    assert replayed.dumps() == fresh.dumps()
+    assert len(replays) >= 3  # layers were replayed, not all lowered afresh

@@ -95,6 +95,36 @@ def test_one_layer_graph():
     assert "embed" not in g and "lm_head" not in g
 
 
+def _lexicographic_order(g):
+    order = {n: i for i, n in enumerate(g.nodes)}
+    return list(nx.lexicographical_topological_sort(g, key=order.get))
+
+
+@pytest.mark.parametrize(
+    ("arch", "model"), [("h100-like", "llama3-70b"), ("groq-like", "mixtral-8x7b")]
+)
+def test_ops_in_order_is_the_lexicographic_topological_order(arch, model):
+    """The fast path (insertion order, when every edge goes forward) gives exactly the
+    lexicographic topological sort, on built and on partitioned graphs; a graph whose
+    insertion order is not topological still gets a topological order."""
+    from archsim.config import load_arch
+    from archsim.core.registry import get_family
+
+    g = build_graph(load_model(model), Scenario(batch=4), layers=2)
+    assert [op.id for op in ops_in_order(g)] == _lexicographic_order(g)
+    params = load_arch(arch)
+    family = get_family(params.family)
+    plan = family.plan(g, params, None)
+    pg = family.partition(g, plan, params)
+    assert [op.id for op in ops_in_order(pg)] == _lexicographic_order(pg)
+
+    back = nx.DiGraph()  # consumers inserted before their producers
+    for name in ("c", "b", "a"):
+        back.add_node(name, op=name)
+    back.add_edges_from([("a", "b"), ("b", "c")])
+    assert ops_in_order(back) == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize("name", ["mixtral-8x7b", "deepseek-v3"])
 def test_moe_and_mla_graph_params_equal_formula(name):
     """MoE and MLA models build, and their ops own exactly the model's parameters."""

@@ -521,6 +521,12 @@ def build_graph(spec: ModelSpec, sc: Scenario, layers: int | None = None) -> nx.
 
 
 def ops_in_order(g: nx.DiGraph) -> list[Op]:
-    """Ops in a deterministic topological order (insertion order breaks ties)."""
+    """Ops in a deterministic topological order (insertion order breaks ties). When the
+    insertion order is itself topological (every edge goes forward, as the graph builder and
+    the partition passes make it), it is that order: the lexicographic sort would take the
+    lowest unvisited index at every step, whose predecessors all come before it."""
     order = {n: i for i, n in enumerate(g.nodes)}
+    if all(order[u] < order[v] for u, v in g.edges):
+        nodes = g.nodes
+        return [nodes[n]["op"] for n in order]
     return [g.nodes[n]["op"] for n in nx.lexicographical_topological_sort(g, key=order.get)]
