@@ -23,7 +23,7 @@ COLUMNS = ["point_id"]
 
 
 class _PointTimeout(Exception):
-    pass
+    """A point ran past ``--point-timeout`` (raised by the alarm in the worker)."""
 
 
 def _alarm(fired: list[bool]):
@@ -142,7 +142,7 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        pass  # not Linux: the watcher thread below alone ends an orphaned worker
 
     def watch() -> None:
         while os.getppid() == parent:
