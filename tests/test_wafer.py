@@ -422,3 +422,18 @@ def test_moe_and_mla_models_run_one_layer(model, phase):
                         layers=layers)  # fmt: skip
         assert r.seconds > 0 and r.extra["per_token_latency_s"] > 0
         assert r.flops == pytest.approx(sum(d["op"].flops for _, d in g.nodes(data=True)))
+
+
+def test_prefill_attention_does_every_query_rows_macs():
+    """llama3-8b prefill of 2,048 tokens, one layer: the attention's MAC instructions, per PE,
+    cover at least an even share of its causal work, 2 (QK^T and PV) x S(S+1)/2 query-key
+    pairs x 4,096 query dims over the region's PEs; tiles rounded up to whole keys and dims
+    may add up to 2x per rounded axis. (The attention op has no ``m``: its rows per sequence
+    are its ``q_len``, not 1.)"""
+    r = archsim.simulate("cerebras-like", "llama3-8b", phase="prefill", seq=2048, layers=1)
+    s = r.stream
+    names = [(s.op_names[s.op[i]], s.opcode_names[s.opcode[i]]) for i in range(len(s))]
+    mac = [i for i, name in enumerate(names) if name == ("L0.attention", "mac")]
+    per_pe = sum(int(s.m[i]) * int(s.n[i]) for i in mac)
+    even_share = 2 * (2048 * 2049 / 2) * 4096 / r.extra["region_pes"]
+    assert even_share <= per_pe <= 4 * even_share

@@ -148,6 +148,8 @@ def seq_rows(op: Op, sc: Scenario) -> int:
     """Tokens per sequence the op processes (1 in decode, the prompt in prefill)."""
     if op.kind == OpKind.EXPERT_FFN:  # its m is token-expert rows
         return max(1, op.dim("tokens") // max(sc.batch, 1))
+    if op.kind == OpKind.ATTENTION:  # its queries per sequence (it has no m)
+        return max(1, op.dim("q_len"))
     return max(1, op.dim("m") // max(sc.batch, 1)) if op.dim("m") else 1
 
 
