@@ -39,7 +39,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from archsim.core.isa import InstructionStream, Timing
+from archsim.core.isa import (
+    InstructionStream,
+    Timing,
+    dep_arrays,
+    resource_arrays,
+    unit_arrays,
+)
 from archsim.core.jit import njit
 
 
@@ -450,37 +456,17 @@ def list_schedule(
     if reorder:
         cons_ptr, cons_idx, producers = _consumers(stream)
         return priority_schedule_kernel(
-            np.ascontiguousarray(stream.unit, dtype=np.int32),
-            len(stream.unit_names),
-            np.ascontiguousarray(stream.dep_ptr, dtype=np.int64),
-            np.ascontiguousarray(stream.dep_idx, dtype=np.int64),
-            np.ascontiguousarray(stream.dep_kind, dtype=np.int8),
-            np.ascontiguousarray(stream.dep_lag, dtype=np.int64),
+            *unit_arrays(stream),
+            *dep_arrays(stream),
             cons_ptr,
             cons_idx,
             producers,
-            np.ascontiguousarray(stream.res_ptr, dtype=np.int64),
-            np.ascontiguousarray(stream.res_idx, dtype=np.int32),
-            np.ascontiguousarray(stream.res_bytes, dtype=np.float64),
-            timing.work,
-            timing.latency,
-            timing.interval,
-            np.ascontiguousarray(timing.resource_bw, dtype=np.float64),
+            *resource_arrays(stream, timing),
             np.int64(start),
         )
     return schedule_kernel(
-        np.ascontiguousarray(stream.unit, dtype=np.int32),
-        len(stream.unit_names),
-        np.ascontiguousarray(stream.dep_ptr, dtype=np.int64),
-        np.ascontiguousarray(stream.dep_idx, dtype=np.int64),
-        np.ascontiguousarray(stream.dep_kind, dtype=np.int8),
-        np.ascontiguousarray(stream.dep_lag, dtype=np.int64),
-        np.ascontiguousarray(stream.res_ptr, dtype=np.int64),
-        np.ascontiguousarray(stream.res_idx, dtype=np.int32),
-        np.ascontiguousarray(stream.res_bytes, dtype=np.float64),
-        timing.work,
-        timing.latency,
-        timing.interval,
-        np.ascontiguousarray(timing.resource_bw, dtype=np.float64),
+        *unit_arrays(stream),
+        *dep_arrays(stream),
+        *resource_arrays(stream, timing),
         np.int64(start),
     )

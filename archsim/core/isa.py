@@ -483,3 +483,32 @@ def _ptr(counts) -> np.ndarray:
     ptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(np.asarray(counts, dtype=np.int64), out=ptr[1:])
     return ptr
+
+
+def unit_arrays(stream: InstructionStream) -> tuple:
+    """The stream's units as the jitted kernels take them: (unit per instruction, unit count)."""
+    return np.ascontiguousarray(stream.unit, dtype=np.int32), len(stream.unit_names)
+
+
+def dep_arrays(stream: InstructionStream) -> tuple:
+    """The dependency CSR as the jitted kernels take it: (ptr, producer, kind, lag)."""
+    return (
+        np.ascontiguousarray(stream.dep_ptr, dtype=np.int64),
+        np.ascontiguousarray(stream.dep_idx, dtype=np.int64),
+        np.ascontiguousarray(stream.dep_kind, dtype=np.int8),
+        np.ascontiguousarray(stream.dep_lag, dtype=np.int64),
+    )
+
+
+def resource_arrays(stream: InstructionStream, timing: Timing) -> tuple:
+    """The resource CSR and the timing as the jitted kernels take them: (ptr, resource,
+    bytes, work, latency, interval, resource bandwidth)."""
+    return (
+        np.ascontiguousarray(stream.res_ptr, dtype=np.int64),
+        np.ascontiguousarray(stream.res_idx, dtype=np.int32),
+        np.ascontiguousarray(stream.res_bytes, dtype=np.float64),
+        timing.work,
+        timing.latency,
+        timing.interval,
+        np.ascontiguousarray(timing.resource_bw, dtype=np.float64),
+    )

@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from archsim.core.errors import ScheduleError
-from archsim.core.isa import InstructionStream, Timing
+from archsim.core.isa import (
+    InstructionStream,
+    Timing,
+    dep_arrays,
+    resource_arrays,
+    unit_arrays,
+)
 
 
 @dataclass
@@ -80,21 +86,11 @@ def simulate_stream(stream: InstructionStream, timing: Timing, static: bool = Fa
         )
     (start, end, release, busy, resource_busy, resource_bytes, n_late, first_late, n_unresolved) = (
         run_events(
-            np.ascontiguousarray(stream.unit, dtype=np.int32),
-            len(stream.unit_names),
+            *unit_arrays(stream),
             np.ascontiguousarray(stream.issue, dtype=np.int64),
             bool(static),
-            np.ascontiguousarray(stream.dep_ptr, dtype=np.int64),
-            np.ascontiguousarray(stream.dep_idx, dtype=np.int64),
-            np.ascontiguousarray(stream.dep_kind, dtype=np.int8),
-            np.ascontiguousarray(stream.dep_lag, dtype=np.int64),
-            np.ascontiguousarray(stream.res_ptr, dtype=np.int64),
-            np.ascontiguousarray(stream.res_idx, dtype=np.int32),
-            np.ascontiguousarray(stream.res_bytes, dtype=np.float64),
-            timing.work,
-            timing.latency,
-            timing.interval,
-            np.ascontiguousarray(timing.resource_bw, dtype=np.float64),
+            *dep_arrays(stream),
+            *resource_arrays(stream, timing),
         )
     )
     if n_unresolved:
