@@ -95,14 +95,13 @@ print(json.dumps(out))
 """
 
 
-def test_disable_jit_gives_identical_cycles():
-    """NUMBA_DISABLE_JIT=1 (pure Python kernels) gives the same cycles and the same
-    instruction streams with their timing, bit for bit, on every registered family."""
+def run_with_and_without_jit(script: str) -> tuple:
+    """The JSON ``script`` prints, run in a fresh interpreter with numba's JIT on, then off."""
     runs = []
     for flag in ("0", "1"):
         env = {**os.environ, "NUMBA_DISABLE_JIT": flag}
         out = subprocess.run(
-            [sys.executable, "-c", _SCRIPT],
+            [sys.executable, "-c", script],
             env=env,
             capture_output=True,
             text=True,
@@ -110,4 +109,11 @@ def test_disable_jit_gives_identical_cycles():
             timeout=600,
         )
         runs.append(json.loads(out.stdout))
-    assert runs[0] == runs[1]
+    return runs[0], runs[1]
+
+
+def test_disable_jit_gives_identical_cycles():
+    """NUMBA_DISABLE_JIT=1 (pure Python kernels) gives the same cycles and the same
+    instruction streams with their timing, bit for bit, on every registered family."""
+    jitted, plain = run_with_and_without_jit(_SCRIPT)
+    assert jitted == plain

@@ -5,10 +5,7 @@ verification (blocked at t-1, allowed at t), and JIT / no-JIT equivalence."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -281,18 +278,8 @@ print(json.dumps(out))
 def test_disable_jit_gives_identical_timeline():
     """NUMBA_DISABLE_JIT=1 (the kernel as plain Python) gives the same Timeline, number for
     number, as the jitted kernel, on random streams with flows, lags and intervals."""
-    runs = []
-    script = _SCRIPT.format(tests=os.path.dirname(__file__))
-    for flag in ("0", "1"):
-        env = {**os.environ, "NUMBA_DISABLE_JIT": flag}
-        out = subprocess.run(
-            [sys.executable, "-c", script],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        )
-        runs.append(json.loads(out.stdout))
-    assert runs[0] == runs[1]
-    assert any(any(x > 0 for x in run[5]) for run in runs[0])  # flows were exercised
+    from tests.test_engine import run_with_and_without_jit
+
+    jitted, plain = run_with_and_without_jit(_SCRIPT.format(tests=os.path.dirname(__file__)))
+    assert jitted == plain
+    assert any(any(x > 0 for x in run[5]) for run in jitted)  # flows were exercised
