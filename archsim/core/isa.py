@@ -48,6 +48,7 @@ COLUMNS: dict[str, type] = {
     "copy": np.int32,  # which copy of a replicated program (round x micro-batch), else 0
 }
 
+OP_COLUMN, LAYER_COLUMN = list(COLUMNS).index("op"), list(COLUMNS).index("layer")
 END_START, START_START = 0, 1  # dep_kind values
 _KIND_MARK = {END_START: "", START_START: "s"}  # text form: "12" end->start, "12s" start->start
 
@@ -368,6 +369,8 @@ class StreamBuilder:
         self._unit: dict[str, int] = {}
         self.op_names: list[str] = []
         self._op: dict[str, int] = {}
+        self._op_rows: list[list[int]] = []  # per op: its instructions, in order
+        self._ordinal: list[int] = []  # per instruction: its position among its op's
         self.resource_names: list[str] = []
         self._res: dict[str, int] = {}
         self.meta: dict[str, str] = {}
@@ -392,6 +395,7 @@ class StreamBuilder:
         if name not in self._op:
             self._op[name] = len(self.op_names)
             self.op_names.append(name)
+            self._op_rows.append([])
         return self._op[name]
 
     def add(
@@ -424,11 +428,14 @@ class StreamBuilder:
         if unit not in self._unit:
             self.unit(unit)
         i = len(self._deps)
+        o = self._op_index(op)
         # one tuple per instruction, in COLUMNS order (columns are built once, in build())
         self._rows.append((
             self._opcode[opcode], self._unit[unit], chip, m, n, k, g, h, aux, offchip_bytes,
-            onchip_bytes, link_bytes, flops, issue, layer, self._op_index(op), copy,
+            onchip_bytes, link_bytes, flops, issue, layer, o, copy,
         ))  # fmt: skip
+        self._ordinal.append(len(self._op_rows[o]))
+        self._op_rows[o].append(i)
         plain = {int(d) for d in deps if d is not None and d >= 0}
         if not lagged:  # the common case: end -> start, no lag
             self._deps.append([(d, END_START, 0) for d in sorted(plain)])
@@ -448,6 +455,39 @@ class StreamBuilder:
 
     def __len__(self) -> int:
         return len(self._deps)
+
+    # ---- what replaying a lowered layer needs (archsim/compiler/replay.py) -----------------
+    def origin(self, i: int) -> tuple[str, int]:
+        """Instruction ``i`` as (its op's name, its position among that op's instructions)."""
+        return self.op_names[self._rows[i][OP_COLUMN]], self._ordinal[i]
+
+    def find(self, op: str, ordinal: int) -> int | None:
+        """The index of op ``op``'s ``ordinal``-th instruction, None if it has no such one."""
+        o = self._op.get(op)
+        if o is None or ordinal >= len(self._op_rows[o]):
+            return None
+        return self._op_rows[o][ordinal]
+
+    def segment(self, start: int) -> list[tuple]:
+        """The instructions from ``start`` on, each as (row, dependencies, resource uses)
+        with the row in COLUMNS order."""
+        return list(zip(self._rows[start:], self._deps[start:], self._uses[start:], strict=True))
+
+    def append(self, row: tuple, deps: list[tuple[int, int, int]], uses: list) -> int:
+        """Append one instruction given as ``segment`` returns it (units and resources are
+        the builder's indices; deps already sorted and unique)."""
+        i = len(self._deps)
+        o = row[OP_COLUMN]
+        self._rows.append(row)
+        self._deps.append(deps)
+        self._uses.append(uses)
+        self._ordinal.append(len(self._op_rows[o]))
+        self._op_rows[o].append(i)
+        return i
+
+    def op_index(self, name: str) -> int:
+        """The index of op ``name`` in the stream's op names, added if new."""
+        return self._op_index(name)
 
     def build(self) -> InstructionStream:
         columns = list(zip(*self._rows, strict=True)) if self._rows else [()] * len(COLUMNS)

@@ -15,6 +15,7 @@ from typing import Any
 
 import networkx as nx
 
+from archsim.compiler.replay import LayerReplay
 from archsim.core.errors import ScenarioError
 from archsim.core.isa import InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
@@ -44,38 +45,19 @@ def cuda_graphs(p: GpuParams, phase: str) -> bool:
     return p.kernel.decode_cuda_graphs if phase == "decode" else p.kernel.prefill_cuda_graphs
 
 
-def lower(
-    g: nx.DiGraph, plan: Plan, p: GpuParams, phase: str, reuse_layers: bool = True
-) -> InstructionStream:
-    """The kernels of every stage's GPU, in graph order. ``reuse_layers``: a decoder layer
-    whose ops and wiring equal an earlier layer's (every field but its id and layer, the
-    same stage) replays that layer's lowered kernels instead of lowering it again; the
-    stream is the same either way (tests/test_gpu_timing.py checks it), only faster."""
+def lower(g: nx.DiGraph, plan: Plan, p: GpuParams, phase: str) -> InstructionStream:
+    """The kernels of every stage's GPU, in graph order. A decoder layer identical to an
+    earlier one replays its kernels (archsim/compiler/replay.py)."""
     b = StreamBuilder(OPCODES)
     graphs = cuda_graphs(p, phase)
     b.meta.update(family="h100-like", cuda_graphs=str(graphs))
-    last_kernel: dict[int, int] = {}
-    last_launch: dict[int, int] = {}
-    out_of: dict[str, int] = {}  # op id -> index of its last instruction
-    rec: list | None = None  # the instructions of the layer being recorded, else None
-    run_start = 0
-    run_pos: dict[str, int] = {}  # op id -> its position in the recorded layer
-
-    def source(value: int, external: tuple) -> tuple:
-        """Where a dependency comes from: inside the recorded layer (an offset), or outside
-        it (``external``: resolved again when the layer is replayed)."""
-        return ("in", value - run_start) if value >= run_start else external
+    st = _GpuState()
+    last_kernel, last_launch, out_of = st.last_kernel, st.last_launch, st.out_of
 
     def emit(op: Op, opcode: str, unit: str = "sm", **kw: Any) -> int:
         s = op.stage
-        preds = list(g.predecessors(op.id))
-        deps = [last_kernel.get(s, -1)] + [out_of[x] for x in preds]
-        if rec is not None:
-            pos = run_pos[op.id]
-            srcs = [source(deps[0], ("kernel", s))]
-            srcs += [source(d, ("pred", pos, j)) for j, d in enumerate(deps[1:])]
+        deps = [last_kernel.get(s, -1)] + [out_of[x] for x in g.predecessors(op.id)]
         if not graphs:
-            ll = last_launch.get(s, -1)
             launch = b.add(
                 "launch",
                 unit=f"gpu{s}.host",
@@ -83,120 +65,47 @@ def lower(
                 chip=s,
                 layer=op.layer,
                 aux=int(opcode == "gemm"),  # torch.matmul dispatch costs more host time
-                deps=[ll],
+                deps=[last_launch.get(s, -1)],
             )
-            if rec is not None:
-                aux = int(opcode == "gemm")
-                rec.append(("launch", f"gpu{s}.host", pos, s, {"aux": aux},
-                            [source(ll, ("launch", s))]))  # fmt: skip
-                srcs.append(("in", launch - run_start))
             last_launch[s] = launch
             deps.append(launch)
         i = b.add(opcode, unit=f"gpu{s}.{unit}", op=op.id, chip=s, layer=op.layer, deps=deps, **kw)
-        if rec is not None:
-            rec.append((opcode, f"gpu{s}.{unit}", pos, s, kw, srcs))
         last_kernel[s] = i
         return i
 
-    templates: dict[tuple, _LayerTemplate] = {}
-    for run in _layer_runs(ops_in_order(g)):
-        key = _layer_key(run) if reuse_layers else None
-        sig = _layer_signature(g, run) if key is not None else None
-        tpl = templates.get(key) if key is not None else None
-        if tpl is not None and tpl.signature == sig:
-            tpl.replay(b, g, run, out_of, last_kernel, last_launch)
-            continue
-        if key is not None:
-            run_start, run_pos, rec = len(b), {op.id: i for i, op in enumerate(run)}, []
-            before = (dict(last_kernel), dict(last_launch))
-        for op in run:
-            out_of[op.id] = lower_op(op, emit, plan, p)
-        if key is not None:
-            ends = {op.id: out_of[op.id] - run_start for op in run}
-            templates[key] = _LayerTemplate(
-                sig, rec, [ends[op.id] for op in run],
-                {s: i - run_start for s, i in last_kernel.items() if i != before[0].get(s)},
-                {s: i - run_start for s, i in last_launch.items() if i != before[1].get(s)},
-            )  # fmt: skip
-            rec = None
+    def lower_one(op: Op) -> None:
+        out_of[op.id] = lower_op(op, emit, plan, p)
+
+    LayerReplay(b, g, st).lower(ops_in_order(g), lower_one)
     return b.build()
 
 
-def _layer_runs(ops: list[Op]) -> list[list[Op]]:
-    """The ops cut into runs of consecutive ops of one layer."""
-    runs: list[list[Op]] = []
-    for op in ops:
-        if runs and runs[-1][0].layer == op.layer:
-            runs[-1].append(op)
-        else:
-            runs.append([op])
-    return runs
+class _GpuState:
+    """What lowering carries from op to op: each stage's last kernel and host launch, and
+    each op's last kernel."""
 
+    def __init__(self) -> None:
+        self.last_kernel: dict[int, int] = {}
+        self.last_launch: dict[int, int] = {}
+        self.out_of: dict[str, int] = {}
 
-def _layer_key(run: list[Op]) -> tuple | None:
-    """A decoder layer's ops by name (without the ``L<n>.`` prefix) and stage; None for a run
-    that is not a decoder layer's (the embedding, the head) or whose ids lack the prefix."""
-    layer = run[0].layer
-    prefix = f"L{layer}."
-    if layer < 0 or not all(op.id.startswith(prefix) for op in run):
-        return None
-    n = len(prefix)
-    return tuple((op.id[n:], op.stage) for op in run)
+    def snapshot(self, ref, run: list[Op]) -> tuple:
+        stages = sorted({op.stage for op in run})
+        return tuple(
+            (s, ref(self.last_kernel.get(s, -1)), ref(self.last_launch.get(s, -1))) for s in stages
+        )
 
+    def restore(self, snap: tuple) -> None:
+        for s, kernel, launch in snap:
+            for table, i in ((self.last_kernel, kernel), (self.last_launch, launch)):
+                if i >= 0:
+                    table[s] = i
 
-def _layer_signature(g: nx.DiGraph, run: list[Op]) -> list:
-    """Everything the lowering of a layer reads: each op's fields but its id and layer, and
-    where its inputs come from (names relative to the layer)."""
-    layer = run[0].layer
-    nodes = g.nodes
-    sig = []
-    for op in run:
-        fields = {k: v for k, v in op.__dict__.items() if k != "id" and k != "layer"}
-        preds = []
-        for x in g.predecessors(op.id):
-            lx = nodes[x]["op"].layer
-            prefix = f"L{lx}."
-            preds.append((x[len(prefix) :] if x.startswith(prefix) else x, lx - layer))
-        sig.append((fields, preds))
-    return sig
+    def op_state(self, op: str, ref) -> object:
+        return ref(self.out_of[op])
 
-
-class _LayerTemplate:
-    """A lowered decoder layer: its instructions with each dependency as an offset inside
-    the layer or a reference to what precedes it (the stage's last kernel or launch, an
-    input op's last kernel), to be appended again for an identical layer."""
-
-    def __init__(self, signature, rows, ends, kernel_ends, launch_ends) -> None:
-        self.signature = signature
-        self.rows = rows  # (opcode, unit, op position, chip, columns, dependency sources)
-        self.ends = ends  # per op position: offset of its last instruction
-        self.kernel_ends = kernel_ends  # stage -> offset of its last kernel in the layer
-        self.launch_ends = launch_ends
-
-    def replay(self, b: StreamBuilder, g: nx.DiGraph, run: list[Op], out_of, last_kernel,
-               last_launch) -> None:  # fmt: skip
-        start = len(b)
-        kernel0, launch0 = dict(last_kernel), dict(last_launch)
-        preds = [list(g.predecessors(op.id)) for op in run]
-        for opcode, unit, pos, chip, kw, srcs in self.rows:
-            deps = []
-            for src in srcs:
-                if src[0] == "in":
-                    deps.append(start + src[1])
-                elif src[0] == "kernel":
-                    deps.append(kernel0.get(src[1], -1))
-                elif src[0] == "launch":
-                    deps.append(launch0.get(src[1], -1))
-                else:  # ("pred", op position, input index)
-                    deps.append(out_of[preds[src[1]][src[2]]])
-            op = run[pos]
-            b.add(opcode, unit=unit, op=op.id, chip=chip, layer=op.layer, deps=deps, **kw)
-        for op, end in zip(run, self.ends, strict=True):
-            out_of[op.id] = start + end
-        for s, end in self.kernel_ends.items():
-            last_kernel[s] = start + end
-        for s, end in self.launch_ends.items():
-            last_launch[s] = start + end
+    def set_op_state(self, op: str, state: int) -> None:
+        self.out_of[op] = state
 
 
 def lower_op(op: Op, emit, plan: Plan, p: GpuParams) -> int:
