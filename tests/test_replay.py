@@ -12,8 +12,8 @@ from archsim.graph import build_graph
 from archsim.graph.model import load_model
 from archsim.graph.scenario import Precision, Scenario
 
-CASES = [
-    # arch, model, phase, batch, chips, layers, overrides, precision
+# arch, model, phase, batch, chips, layers, overrides, precision
+H100 = [
     ("h100-like", "llama3-70b", "decode", 4, 4, None, [], "bf16"),  # CUDA graphs, TP
     ("h100-like", "llama3-70b", "decode", 8, 16, None, [], "bf16"),  # two stages: sends
     ("h100-like", "llama3-8b", "prefill", 2, 1, None, [], "bf16"),  # eager launches
@@ -22,6 +22,18 @@ CASES = [
     ("h100-like", "deepseek-v3", "decode", 4, 8, 10, [], "bf16"),  # MLA, dense then MoE
     ("h100-like", "bamba-9b", "decode", 4, 1, None, [], "bf16"),  # SSM between attention
 ]
+
+TSP = []
+
+WAFER = []
+
+SYSTOLIC = []
+
+IMC = []
+
+ASIC = []
+
+CASES = [*H100, *TSP, *WAFER, *SYSTOLIC, *IMC, *ASIC]
 
 
 def lowered(arch, model, phase, batch, chips, layers, overrides, precision):
