@@ -23,7 +23,13 @@ H100 = [
     ("h100-like", "bamba-9b", "decode", 4, 1, None, [], "bf16"),  # SSM between attention
 ]
 
-TSP = []
+TSP = [
+    ("groq-like", "llama3-8b", "decode", 1, None, None, [], "int8"),  # stages of ~3 layers
+    ("groq-like", "llama3-70b", "decode", 2, 64, 12, [], "int8"),  # tensor groups, 2 mbs
+    ("groq-like", "llama3-8b", "prefill", 1, None, 12, [], "int8"),
+    ("groq-like", "mixtral-8x7b", "decode", 4, None, 10, [], "int8"),  # experts, all-to-all
+    ("groq3-lpx", "bamba-9b", "decode", 4, None, None, [], "fp8"),  # SSM between attention
+]
 
 WAFER = []
 

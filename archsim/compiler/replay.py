@@ -13,8 +13,8 @@ record when
   inputs and consumers (named relative to the layer), and on the same stages;
 * the family's state at its start (``ReplayState.snapshot``: the last instruction of each
   unit, a plane rotation, bytes in flight, ...) is the same, its indices written as Refs;
-* the layers the record refers to hold the same instructions, relatively, as the ones it
-  referred to when recorded (their content ids match).
+* what the family left for the run's inputs from outside it (``ReplayState.op_state`` of
+  each input op: its last instructions) is the same, its indices written as Refs.
 
 Then the family's lowering would emit exactly the recorded instructions (it is a function of
 those inputs), so the stream is the same as lowering every layer; ``tests/test_replay.py``
@@ -88,6 +88,25 @@ class ReplayState(Protocol):
         ...
 
 
+class StageShift(Protocol):
+    """What a family adds to its ReplayState to replay a layer on other pipeline stages than
+    the recorded one (a layer k stages further down runs the same passes on other chips)."""
+
+    def shift_name(self, name: str, delta: int) -> str:
+        """A unit's or resource's name moved ``delta`` stages (``chip3.mxm0``, 2 ->
+        ``chip5.mxm0``); names that belong to no stage come back unchanged. The family's
+        ``snapshot`` then writes stages relative to ``run_base(run)`` and includes every fact
+        about the absolute stages its lowering reads (hops and ports toward a next stage that
+        sits in another node), its ``restore`` takes the run's first stage as a second
+        argument, and its stream's ``chip`` column holds the stage."""
+        ...
+
+
+def run_base(run: list[Op]) -> int:
+    """The first pipeline stage a run touches: stages are written relative to it."""
+    return min(op.stage for op in run)
+
+
 def layer_runs(ops: list[Op]) -> list[list[Op]]:
     """The ops cut into runs of consecutive ops of one layer."""
     runs: list[list[Op]] = []
@@ -99,49 +118,21 @@ def layer_runs(ops: list[Op]) -> list[list[Op]]:
     return runs
 
 
-def run_key(run: list[Op]) -> tuple | None:
-    """A decoder layer's ops by name (without the ``L<n>.`` prefix) and stage; None for a run
-    that is not a decoder layer's (the embedding, the head) or whose ids lack the prefix."""
-    layer = run[0].layer
-    prefix = f"L{layer}."
-    if layer < 0 or not all(op.id.startswith(prefix) for op in run):
-        return None
-    n = len(prefix)
-    return tuple((op.id[n:], op.stage) for op in run)
+_STAGE_IN_NAME = re.compile(r"_s(\d+)(?=\.|\Z)")  # packing's send_s<dst> and <a2a>_s<dst>
+_RELATIVE_STAGE = re.compile(r"_s@(-?\d+)(?=\.|\Z)")
 
 
-def run_signature(g: nx.DiGraph, run: list[Op], names: dict[str, tuple] | None = None) -> list:
-    """Everything about a run's ops the lowering may read: each op's fields but its id and
-    layer, and its inputs and consumers named relative to the layer. ``names`` caches each
-    node's (name without the layer prefix, layer)."""
-    layer = run[0].layer
-    names = {} if names is None else names
-    nodes = g.nodes
-
-    def relative(x: str) -> tuple:
-        where = names.get(x)
-        if where is None:
-            lx = nodes[x]["op"].layer
-            prefix = f"L{lx}."
-            where = names[x] = (x[len(prefix) :] if x.startswith(prefix) else x, lx)
-        return (where[0], where[1] - layer)
-
-    fields = _fields(type(run[0]))
-    return [
-        (
-            fields(op),
-            [relative(x) for x in g.predecessors(op.id)],
-            [relative(x) for x in g.successors(op.id)],
-        )
-        for op in run
-    ]
+def _relative_name(rest: str, base: int) -> str:
+    """An op name with the stages it names (``.send_s3``) written relative to ``base``."""
+    if base == 0 or "_s" not in rest:
+        return rest
+    return _STAGE_IN_NAME.sub(lambda m: f"_s@{int(m.group(1)) - base}", rest)
 
 
-@functools.cache
-def _fields(cls: type) -> Callable[[Op], tuple]:
-    """A getter of an op's fields but its id and layer."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("id", "layer")]
-    return operator.attrgetter(*names)
+def _absolute_name(rest: str, base: int) -> str:
+    if "_s@" not in rest:
+        return rest
+    return _RELATIVE_STAGE.sub(lambda m: f"_s{int(m.group(1)) + base}", rest)
 
 
 class _Unresolved(Exception):
@@ -149,24 +140,26 @@ class _Unresolved(Exception):
 
 
 class _Record:
-    """A lowered run: its instructions, dependencies and state, every index a Ref."""
+    """A lowered run: its instructions, dependencies and state, every index a Ref, every
+    stage relative to the run's first."""
 
     __slots__ = (
-        "signature", "start", "needs", "rows", "op_refs", "deps", "uses", "ops", "end", "cid"
+        "signature", "start", "rows", "units", "resources", "op_refs", "deps", "uses", "ops",
+        "end",
     )  # fmt: skip
 
-    def __init__(self, signature, start, needs, rows, op_refs, deps, uses, ops, end, cid):
+    def __init__(self, signature, start, body) -> None:
         self.signature = signature
-        self.start = start  # the family's snapshot before the run
-        self.needs = needs  # ((layer delta, content ids), ...) the Refs rely on
-        # per instruction: (columns before the layer, layer delta, op slot, columns after op)
-        self.rows = rows
-        self.op_refs = op_refs  # per op slot: ("op", rest, delta) or ("abs", name)
-        self.deps = deps  # per instruction: ((Ref, kind, lag) before the run, (offset, ...))
-        self.uses = uses
-        self.ops = ops  # per op of the run: its op_state
-        self.end = end  # the family's snapshot after the run
-        self.cid = cid
+        # the family's snapshot before the run, and the op_state of each input from outside it
+        self.start = start
+        # rows: per instruction (opcode, unit slot, chip - base, columns m..issue, layer
+        # delta, op slot, columns after op); units / resources: per slot its name at stage
+        # base 0; op_refs: per op slot ("op", rest, delta) or ("abs", name); deps: per
+        # instruction ((Ref, kind, lag) before the run, (offset, kind, lag) inside it); uses:
+        # per instruction ((resource slot, bytes), ...); ops: per op of the run its op_state;
+        # end: the family's snapshot after the run
+        (self.rows, self.units, self.resources, self.op_refs, self.deps, self.uses, self.ops,
+         self.end) = body  # fmt: skip
 
 
 class LayerReplay:
@@ -174,9 +167,9 @@ class LayerReplay:
 
     def __init__(self, b: StreamBuilder, g: nx.DiGraph, state: ReplayState) -> None:
         self.b, self.g, self.state = b, g, state
+        self.shift = getattr(state, "shift_name", None)
         self.records: dict[tuple, list[_Record]] = {}
-        self.content: dict[int, tuple] = {}  # layer -> content ids of its runs so far
-        self._cids: dict[tuple, int] = {}
+        self._at: dict[tuple[int, int], tuple] = {}  # (record, base) -> its unit indices, ...
         self._names: dict[str, tuple | None] = {}
         self._nodes: dict[str, tuple] = {}  # node -> (name without the layer prefix, layer)
 
@@ -188,63 +181,118 @@ class LayerReplay:
 
     def run(self, run: list[Op], lower_op: Callable[[Op], None]) -> None:
         layer = run[0].layer
-        key = run_key(run) if _enabled else None
+        base = run_base(run) if self.shift is not None else 0
+        key = self._key(run, base) if _enabled else None
         if key is None:
             for op in run:
                 lower_op(op)
-            self._add_content(layer, ("unique", len(self.b), id(run)))
             return
-        b, start = self.b, len(self.b)
-        deltas: set[int] = {-1}
-        sig = run_signature(self.g, run, self._nodes)
-        snap = self.state.snapshot(self._ref_fn(layer, start, deltas), run)
+        start = len(self.b)
+        sig, inputs = self._signature(run, base)
+        ref = self._ref_fn(layer, base, start)
+        state = self.state
+        snap = (state.snapshot(ref, run), tuple(state.op_state(x, ref) for x in inputs))
         for rec in self.records.get(key, ()):
-            if rec.signature == sig and rec.start == snap and self._holds(rec.needs, layer):
+            if rec.signature == sig and rec.start == snap:
                 try:
-                    self._replay(rec, run)
+                    self._replay(rec, run, base)
                 except _Unresolved:
                     continue
                 stats["replayed"] += 1
-                self._add_content(layer, rec.cid)
                 return
         for op in run:
             lower_op(op)
-        ref = self._ref_fn(layer, start, deltas)
-        rows, deps, uses, op_refs = [], [], [], {}
+        self._record(key, sig, snap, run, base, start)
+
+    def _record(self, key, sig, snap, run, base, start) -> None:
+        b, layer = self.b, run[0].layer
+        ref = self._ref_fn(layer, base, start)
+        relative = self._stage_names(-base)
+        rows, deps, uses = [], [], []
+        units: dict[str, int] = {}
+        resources: dict[str, int] = {}
+        op_refs: dict[tuple, int] = {}
         for row, ds, us in b.segment(start):
-            op_ref = self._name_ref(b.op_names[row[OP_COLUMN]], layer)
-            slot = op_refs.setdefault(op_ref, len(op_refs))
-            rows.append((row[:LAYER_COLUMN], row[LAYER_COLUMN] - layer, slot, row[OP_COLUMN + 1 :]))
+            unit = units.setdefault(relative(b.unit_names[row[1]]), len(units))
+            op_ref = self._name_ref(b.op_names[row[OP_COLUMN]], layer, base)
+            op = op_refs.setdefault(op_ref, len(op_refs))
+            rows.append((row[0], unit, row[2] - base, row[3:LAYER_COLUMN],
+                         row[LAYER_COLUMN] - layer, op, row[OP_COLUMN + 1 :]))  # fmt: skip
             # producers before the run (Refs to resolve) come first in the sorted list
             outside = tuple((ref(d), kind, lag) for d, kind, lag in ds if d < start)
             inside = tuple((d - start, kind, lag) for d, kind, lag in ds if d >= start)
             deps.append((outside, inside))
-            uses.append(tuple(us))
+            uses.append(tuple(
+                (resources.setdefault(relative(b.resource_names[r]), len(resources)), x)
+                for r, x in us
+            ))  # fmt: skip
         ops = tuple(self.state.op_state(op.id, ref) for op in run)
         end = self.state.snapshot(ref, run)
-        needs = tuple((d, self.content.get(layer + d)) for d in sorted(deltas))
-        # the content id names what the run holds relative to itself; the layers its Refs
-        # reach are checked through ``needs`` when a record is replayed
-        body = (tuple(rows), tuple(op_refs), tuple(deps), tuple(uses), ops, end)
-        cid = self._cids.setdefault(body, len(self._cids))
-        self.records.setdefault(key, []).append(
-            _Record(sig, snap, needs, rows, tuple(op_refs), deps, uses, ops, end, cid)
-        )
+        body = (tuple(rows), tuple(units), tuple(resources), tuple(op_refs), tuple(deps),
+                tuple(uses), ops, end)  # fmt: skip
+        self.records.setdefault(key, []).append(_Record(sig, snap, body))
         stats["recorded"] += 1
-        self._add_content(layer, cid)
 
-    # ---- Refs ---------------------------------------------------------------------------------
-    def _name_ref(self, name: str, layer: int) -> tuple:
-        """An op's name relative to ``layer``: ("op", rest, delta) or ("abs", name)."""
+    # ---- what identifies a run --------------------------------------------------------------
+    def _key(self, run: list[Op], base: int) -> tuple | None:
+        """A decoder layer's ops by name (without the ``L<n>.`` prefix) and stage relative to
+        ``base``; None for a run that is not a decoder layer's (the embedding, the head) or
+        whose ids lack the prefix."""
+        layer = run[0].layer
+        prefix = f"L{layer}."
+        if layer < 0 or not all(op.id.startswith(prefix) for op in run):
+            return None
+        n = len(prefix)
+        return tuple((_relative_name(op.id[n:], base), op.stage - base) for op in run)
+
+    def _signature(self, run: list[Op], base: int) -> tuple[list, list[str]]:
+        """Everything about a run's ops the lowering may read: each op's fields but its id
+        and layer (stages relative to ``base``), and its inputs and consumers named relative
+        to the layer; and the run's inputs from outside it."""
+        layer = run[0].layer
+        names, nodes = self._nodes, self.g.nodes
+
+        def relative(x: str) -> tuple:
+            where = names.get(x)
+            if where is None:
+                lx = nodes[x]["op"].layer
+                prefix = f"L{lx}."
+                where = names[x] = (x[len(prefix) :] if x.startswith(prefix) else x, lx)
+            return (_relative_name(where[0], base), where[1] - layer)
+
+        fields = _fields(type(run[0]), base)
+        g = self.g
+        sig = [
+            (
+                fields(op),
+                [relative(x) for x in g.predecessors(op.id)],
+                [relative(x) for x in g.successors(op.id)],
+            )
+            for op in run
+        ]
+        inside = {op.id for op in run}
+        inputs = [x for op in run for x in g.predecessors(op.id) if x not in inside]
+        return sig, list(dict.fromkeys(inputs))
+
+    # ---- Refs -------------------------------------------------------------------------------
+    def _name_ref(self, name: str, layer: int, base: int) -> tuple:
+        """An op's name relative to ``layer`` and stage ``base``: ("op", rest, delta) or
+        ("abs", name)."""
         parsed = self._names.get(name, False)
         if parsed is False:
             m = _LAYER_OP.match(name)
             parsed = self._names[name] = (int(m.group(1)), m.group(2)) if m else None
         if parsed is None:
             return ("abs", name)
-        return ("op", parsed[1], parsed[0] - layer)
+        return ("op", _relative_name(parsed[1], base), parsed[0] - layer)
 
-    def _ref_fn(self, layer: int, start: int, deltas: set[int]) -> Callable[[int], Ref]:
+    def _op_name(self, r: tuple, layer: int, base: int) -> str:
+        """The name an op Ref (``_name_ref``) stands for in ``layer`` at stage ``base``."""
+        if r[0] == "op":
+            return f"L{layer + r[2]}.{_absolute_name(r[1], base)}"
+        return r[1]
+
+    def _ref_fn(self, layer: int, base: int, start: int) -> Callable[[int], Ref]:
         b = self.b
 
         def ref(i: int) -> Ref:
@@ -253,14 +301,11 @@ class LayerReplay:
             if i >= start:
                 return Ref(("in", i - start))
             name, j = b.origin(i)
-            where = self._name_ref(name, layer)
-            if where[0] == "op":
-                deltas.add(where[2])
-            return Ref((*where, j))
+            return Ref((*self._name_ref(name, layer, base), j))
 
         return ref
 
-    def _resolve_fn(self, layer: int, start: int) -> Callable[[Ref], int]:
+    def _resolve_fn(self, layer: int, base: int, start: int) -> Callable[[Ref], int]:
         b = self.b
 
         def resolve(r: Ref) -> int:
@@ -269,26 +314,35 @@ class LayerReplay:
                 return start + r[1]
             if tag == "none":
                 return r[1]
-            name = f"L{layer + r[2]}.{r[1]}" if tag == "op" else r[1]
-            i = b.find(name, r[-1])
+            i = b.find(self._op_name(r, layer, base), r[-1])
             if i is None:
                 raise _Unresolved(r)
             return i
 
         return resolve
 
-    def _holds(self, needs: tuple, layer: int) -> bool:
-        return all(self.content.get(layer + d) == cid for d, cid in needs)
+    def _stage_names(self, delta: int) -> Callable[[str], str]:
+        if self.shift is None or delta == 0:
+            return lambda name: name
+        return lambda name: self.shift(name, delta)
 
-    def _add_content(self, layer: int, cid: Hashable) -> None:
-        self.content[layer] = (*self.content.get(layer, ()), cid)
+    def _names_at(self, rec: _Record, base: int) -> tuple[list[int], list[int]]:
+        """The builder's indices of ``rec``'s units and resources on the stages from ``base``."""
+        at = self._at.get((id(rec), base))
+        if at is None:
+            b, absolute = self.b, self._stage_names(base)
+            at = self._at[(id(rec), base)] = (
+                [b.unit(absolute(name)) for name in rec.units],
+                [b.resource(absolute(name)) for name in rec.resources],
+            )
+        return at
 
-    # ---- replay -------------------------------------------------------------------------------
-    def _replay(self, rec: _Record, run: list[Op]) -> None:
-        """Append ``rec``'s instructions for ``run`` and set the family's state; raises
-        _Unresolved, before changing anything, if a Ref names no instruction."""
+    # ---- replay -----------------------------------------------------------------------------
+    def _replay(self, rec: _Record, run: list[Op], base: int) -> None:
+        """Append ``rec``'s instructions for ``run`` (at stage ``base``) and set the family's
+        state; raises _Unresolved, before changing anything, if a Ref names no instruction."""
         b, layer, start = self.b, run[0].layer, len(self.b)
-        resolve = self._resolve_fn(layer, start)
+        resolve = self._resolve_fn(layer, base, start)
         deps = [
             sorted((resolve(r), kind, lag) for r, kind, lag in outside)
             + [(start + d, kind, lag) for d, kind, lag in inside]
@@ -298,14 +352,43 @@ class LayerReplay:
         ]
         ops = [_resolved(st, resolve) for st in rec.ops]
         end = _resolved(rec.end, resolve)
-        slots = [
-            b.op_index(f"L{layer + r[2]}.{r[1]}" if r[0] == "op" else r[1]) for r in rec.op_refs
-        ]
-        for (before, dlayer, slot, after), ds, us in zip(rec.rows, deps, rec.uses, strict=True):
-            b.append((*before, layer + dlayer, slots[slot], *after), ds, us)
+        units, resources = self._names_at(rec, base)
+        op_slots = [b.op_index(self._op_name(r, layer, base)) for r in rec.op_refs]
+        b.extend(
+            [
+                (opcode, units[unit], chip + base, *cols, layer + dlayer, op_slots[op], *tail)
+                for opcode, unit, chip, cols, dlayer, op, tail in rec.rows
+            ],
+            deps,
+            [[(resources[r], x) for r, x in us] if us else us for us in rec.uses],
+        )
         for op, st in zip(run, ops, strict=True):
             self.state.set_op_state(op.id, st)
-        self.state.restore(end)
+        if self.shift is None:
+            self.state.restore(end)
+        else:
+            self.state.restore(end, base)
+
+
+@functools.cache
+def _fields(cls: type, base: int) -> Callable[[Op], tuple]:
+    """A getter of an op's fields but its id and layer, with its stage (and the stage a
+    transfer goes to) relative to ``base``."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("id", "layer")]
+    get = operator.attrgetter(*names)
+    if base == 0:
+        return get
+    at_stage, at_shape = names.index("stage"), names.index("shape")
+
+    def fields(op: Op) -> tuple:
+        values = list(get(op))
+        values[at_stage] -= base
+        shape = values[at_shape]
+        if "dst_stage" in shape:
+            values[at_shape] = {**shape, "dst_stage": shape["dst_stage"] - base}
+        return tuple(values)
+
+    return fields
 
 
 def _resolved(value: Any, resolve: Callable[[Ref], int]) -> Any:

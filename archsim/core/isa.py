@@ -473,17 +473,18 @@ class StreamBuilder:
         with the row in COLUMNS order."""
         return list(zip(self._rows[start:], self._deps[start:], self._uses[start:], strict=True))
 
-    def append(self, row: tuple, deps: list[tuple[int, int, int]], uses: list) -> int:
-        """Append one instruction given as ``segment`` returns it (units and resources are
-        the builder's indices; deps already sorted and unique)."""
-        i = len(self._deps)
-        o = row[OP_COLUMN]
-        self._rows.append(row)
-        self._deps.append(deps)
-        self._uses.append(uses)
-        self._ordinal.append(len(self._op_rows[o]))
-        self._op_rows[o].append(i)
-        return i
+    def extend(self, rows: list[tuple], deps: list[list], uses: list) -> None:
+        """Append instructions given as ``segment`` returns them (units, resources and ops
+        as the builder's indices; each one's deps sorted and unique)."""
+        start = len(self._deps)
+        self._rows.extend(rows)
+        self._deps.extend(deps)
+        self._uses.extend(uses)
+        ordinal, op_rows = self._ordinal, self._op_rows
+        for i, row in enumerate(rows, start):
+            mine = op_rows[row[OP_COLUMN]]
+            ordinal.append(len(mine))
+            mine.append(i)
 
     def op_index(self, name: str) -> int:
         """The index of op ``name`` in the stream's op names, added if new."""

@@ -17,9 +17,11 @@ the generic list scheduler.
 from __future__ import annotations
 
 import math
+import re
 
 import networkx as nx
 
+from archsim.compiler.replay import LayerReplay, run_base
 from archsim.compiler.schedule import issue_order, list_schedule
 from archsim.core.errors import ScenarioError, UnsupportedOpError
 from archsim.core.isa import InstructionStream, StreamBuilder, Timing
@@ -30,6 +32,7 @@ from archsim.graph.build import ops_in_order
 from archsim.graph.ops import Op, OpKind
 from archsim.graph.scenario import DTYPE_BYTES, Scenario
 
+_CHIP_UNIT = re.compile(r"chip(\d+)\.(.+)\Z")  # a stage's unit: chip3.mxm0
 ACC_BYTES = 4  # MXM results leave as int32/fp32: 4 streams per 320 outputs (ISCA20 (r))
 
 
@@ -156,10 +159,43 @@ class Lowerer:
 
     # ---- ops --------------------------------------------------------------------------------
     def lower(self) -> StreamBuilder:
-        for op in ops_in_order(self.g):
-            deps = [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred]]
-            self.out_of[op.id] = self.lower_op(op, deps)
+        """Every op in graph order; a decoder layer identical to an earlier one, with the
+        MXM planes rotated to the same place, replays its passes (compiler/replay.py)."""
+        LayerReplay(self.b, self.g, self).lower(ops_in_order(self.g), self.lower_one)
         return self.b
+
+    def lower_one(self, op: Op) -> None:
+        deps = [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred]]
+        self.out_of[op.id] = self.lower_op(op, deps)
+
+    # ---- the state replay.LayerReplay reads: the first MXM plane of each stage's next op,
+    # each op's last passes, and where a transfer's destination sits; a layer on other
+    # stages replays with its chips renamed
+    def snapshot(self, ref, run: list[Op]) -> tuple:
+        base = run_base(run)
+        planes = tuple(
+            (s - base, self.next_plane.get(s, 0)) for s in sorted({op.stage for op in run})
+        )
+        routes = tuple(
+            (self.port(op.stage, op.dim("dst_stage")), self.hops(op.stage, op.dim("dst_stage")))
+            for op in run
+            if "dst_stage" in op.shape
+        )
+        return planes, routes
+
+    def restore(self, snap: tuple, base: int) -> None:
+        for s, plane in snap[0]:
+            self.next_plane[s + base] = plane
+
+    def op_state(self, op: str, ref) -> tuple:
+        return tuple(ref(i) for i in self.out_of[op])
+
+    def set_op_state(self, op: str, state: tuple) -> None:
+        self.out_of[op] = list(state)
+
+    def shift_name(self, name: str, delta: int) -> str:
+        m = _CHIP_UNIT.match(name)
+        return f"chip{int(m.group(1)) + delta}.{m.group(2)}" if m else name
 
     def lower_op(self, op: Op, deps: list[int]) -> list[int]:
         kind, f = op.kind, self.f
