@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +157,32 @@ def simulate(
     the family estimates above ``max_instructions`` is refused before it is lowered.
     ``routing_skew``: a mixture-of-experts router's imbalance (0 uniform; s > 0 a Zipf law of
     exponent s over the experts, archsim/graph/moe.py)."""
+    with paused_collection():
+        return _simulate(
+            arch, model, phase, batch, ctx, seq, layers, precision, chips, overrides,
+            max_instructions, routing_skew,
+        )  # fmt: skip
+
+
+@contextmanager
+def paused_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a step is built: lowering keeps every
+    instruction it appends alive, so each automatic collection rescans all of them (a
+    llama3-70b groq-like trip lowered in 112 ms with collections, 44 ms without). Reference
+    counting still frees what a step drops; the collector runs again afterwards."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _simulate(
+    arch, model, phase, batch, ctx, seq, layers, precision, chips, overrides, max_instructions,
+    routing_skew,
+) -> Result:  # fmt: skip
     params = load_arch(arch, parse_overrides(overrides))
     spec = model if isinstance(model, ModelSpec) else load_model(model)
     prec = precision if isinstance(precision, Precision) else Precision.parse(precision)

@@ -159,3 +159,23 @@ def test_activation_refusal_does_not_contradict_itself():
     chip holds 76 GB, up to 256 chips'."""
     with pytest.raises(CapacityError, match="working activations .* alone exceed"):
         archsim.simulate("h100-like", "llama3-8b", phase="prefill", seq=131072, batch=8)
+
+
+def test_simulate_gives_the_garbage_collector_back():
+    """simulate() pauses Python's cyclic collector while it lowers (pipeline.paused_collection)
+    and turns it back on afterwards, after a refused input too; a caller that had it off
+    keeps it off."""
+    import gc
+
+    assert gc.isenabled()
+    archsim.simulate("h100-like", "llama3-8b", layers=1)
+    assert gc.isenabled()
+    with pytest.raises(ArchsimError):
+        archsim.simulate("h100-like", "llama3-8b", layers=1, batch=0)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        archsim.simulate("h100-like", "llama3-8b", layers=1)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
