@@ -446,7 +446,7 @@ def partition_sram(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
     for op in ops_in_order(g):
         stage += op.id in first
         local = replace(shard(op, plan.tp), stage=stage)
-        out.add_node(op.id, op=local)
+        inputs = []
         for pred in g.predecessors(op.id):
             src = carrier[pred]
             src_op: Op = out.nodes[src]["op"]
@@ -456,7 +456,10 @@ def partition_sram(g: nx.DiGraph, plan: Plan) -> nx.DiGraph:
                     out.add_node(hop.id, op=hop)
                     out.add_edge(src, hop.id)
                 src = hop.id
-            out.add_edge(src, op.id)
+            inputs.append(src)
+        # added after its input hops, so that the insertion order stays topological
+        out.add_node(op.id, op=local)
+        out.add_edges_from((src, op.id) for src in inputs)
         carrier[op.id] = op.id
         if plan.tp > 1 and op.tp_role in ("row", "vocab", "experts") and not op.dim("partial"):
             ar = _all_reduce(local, plan.tp)
