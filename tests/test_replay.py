@@ -37,7 +37,34 @@ SYSTOLIC = []
 
 IMC = []
 
-ASIC = []
+ASIC = [
+    ("etched-like", "llama3-70b", "decode", 8, 8, None, [], "bf16"),  # TP8: all-reduces
+    ("etched-like", "llama3-70b", "decode", 8, 16, None, [], "bf16"),  # two stages: sends
+    ("etched-like", "llama3-8b", "prefill", 4, 1, None, ["pipeline.tile_tokens=1024"], "bf16"),
+    # two tiles whose residual streams spill to HBM (the layer-crossing norm and residual)
+    (
+        "etched-like",
+        "llama3-8b",
+        "prefill",
+        4,
+        1,
+        8,
+        ["pipeline.tile_tokens=1024", "memory.sram_bytes=1e6"],
+        "bf16",
+    ),
+    ("etched-like", "llama3-8b", "decode", 4096, 1, 8, [], "fp8"),  # decode in two tiles
+    # experts routed on the host (blocking round trips), all-to-alls; no SSM stage (bamba)
+    (
+        "etched-like",
+        "mixtral-8x7b",
+        "decode",
+        16,
+        8,
+        None,
+        ["admission.moe_host_fallback=true"],
+        "bf16",
+    ),
+]
 
 CASES = [*H100, *TSP, *WAFER, *SYSTOLIC, *IMC, *ASIC]
 

@@ -23,14 +23,17 @@ tiles parked between layers spill to HBM when they exceed the SRAM.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import networkx as nx
 
+from archsim.compiler.replay import LayerReplay
 from archsim.core.errors import ScenarioError
-from archsim.core.isa import END_START, START_START, InstructionStream, StreamBuilder
+from archsim.core.isa import COLUMNS, END_START, START_START, InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
 from archsim.families.asic.params import AsicParams
 from archsim.families.asic.timing import (
+    HOST,
     OPCODES,
     RATE_16BIT,
     RATE_FP8,
@@ -41,6 +44,7 @@ from archsim.graph.build import ELEM_BYTES, ops_in_order
 from archsim.graph.ops import Op, OpKind
 from archsim.graph.scenario import DTYPE_BYTES, Scenario
 
+OPCODE_COLUMN = list(COLUMNS).index("opcode")  # in a StreamBuilder row
 ENGINES = ("qkv", "o", "gate_up", "down")
 ENGINE_OF_ROLE = {
     "qkv_proj": "qkv",
@@ -127,9 +131,10 @@ class Lowerer:
         self.tiles = tile_sequences(g, p, sc)
         self.spill = residual_spills(g, p, sc, len(self.tiles))
         self.arrays = engine_arrays(p)
-        self.lag: list[int] = []  # per instruction: the lag its streaming consumers take
-        self.blocking: set[int] = set()  # instructions consumers wait for to end (host trips)
-        self.out_of: dict[str, list[list[int]]] = {}  # op -> per tile, its last instructions
+        self.state = _AsicState(self.b, self.q)
+        self.lag = self.state.lag  # per instruction: the lag its streaming consumers take
+        self.blocking = self.state.blocking  # instructions consumers wait for to end (host)
+        self.out_of = self.state.out_of  # op -> per tile, its last instructions
 
     # ---- helpers ----------------------------------------------------------------------------
     def emit(self, opcode: str, unit: str, op: Op, deps, resource: str = "", nbytes=0.0, **kw):
@@ -153,12 +158,18 @@ class Lowerer:
 
     # ---- ops --------------------------------------------------------------------------------
     def lower(self) -> StreamBuilder:
-        batch = self.sc.batch
-        for op in ops_in_order(self.g):
-            self.out_of[op.id] = []
+        """Every op in graph order; a decoder layer identical to an earlier one replays its
+        instructions (archsim/compiler/replay.py)."""
+        batch, g, out_of = self.sc.batch, self.g, self.out_of
+
+        def lower_one(op: Op) -> None:
+            outs: list[list[int]] = []
+            out_of[op.id] = outs
             for j, seqs in enumerate(self.tiles):
-                deps = [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred][j]]
-                self.out_of[op.id].append(self.lower_op(op, seqs / batch, seqs, deps))
+                deps = [i for pred in g.predecessors(op.id) for i in out_of[pred][j]]
+                outs.append(self.lower_op(op, seqs / batch, seqs, deps))
+
+        LayerReplay(self.b, g, self.state).lower(ops_in_order(g), lower_one)
         return self.b
 
     def lower_op(self, op: Op, f: float, seqs: int, deps: list[int]) -> list[int]:
@@ -337,6 +348,41 @@ class Lowerer:
             "allreduce", "link", op, deps, "link", per_link, m=self.rows(op, f), n=op.dim("n"),
             g=tp, aux=math.ceil(per_link), link_bytes=per_link * (tp - 1),
         )  # fmt: skip
+
+
+class _AsicState:
+    """What lowering carries from op to op: each op's last instructions per tile
+    (``out_of``) and, per instruction, the lag its streaming consumers take (``lag``) and
+    whether they wait for its end instead (``blocking``: the host round trips). The lowering
+    keeps no per-stage state (a stage runs its passes in program order; every dependency is
+    an op's input), and tiles, spill and the timing record are fixed for the whole graph, so a
+    run's snapshot is empty. ``lag`` and ``blocking`` are functions of an instruction's
+    opcode alone: ``restore`` extends them over the instructions a replay appended."""
+
+    def __init__(self, b: StreamBuilder, q) -> None:
+        self.b = b
+        self.lag: list[int] = []
+        self.blocking: set[int] = set()
+        # op -> per tile, its last instructions (lists as lowered, tuples as replayed)
+        self.out_of: dict[str, Sequence[Sequence[int]]] = {}
+        self._lag_of = [latency_cycles(name, q) for name in OPCODES]  # by opcode index
+
+    def snapshot(self, ref, run: list[Op]) -> tuple:
+        return ()
+
+    def restore(self, snap: tuple) -> None:
+        lag, lag_of, blocking = self.lag, self._lag_of, self.blocking
+        for i, (row, _, _) in enumerate(self.b.segment(len(lag)), len(lag)):
+            code = row[OPCODE_COLUMN]
+            lag.append(lag_of[code])
+            if code == HOST:
+                blocking.add(i)
+
+    def op_state(self, op: str, ref) -> tuple:
+        return tuple(tuple(ref(i) for i in tile) for tile in self.out_of[op])
+
+    def set_op_state(self, op: str, state: tuple) -> None:
+        self.out_of[op] = state  # per tile, a tuple of indices: only read from here on
 
 
 def lower(g: nx.DiGraph, plan: Plan, p: AsicParams, sc: Scenario) -> InstructionStream:
