@@ -25,6 +25,7 @@ import math
 
 import networkx as nx
 
+from archsim.compiler.replay import LayerReplay
 from archsim.core.isa import END_START, START_START, InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
 from archsim.families.systolic.mapper import (
@@ -128,6 +129,49 @@ def pinned_weights(ops: list[Op], p: SystolicParams) -> dict[str, bool]:
     return out
 
 
+class _SystolicState:
+    """What lowering carries from op to op: each stage's last array pass, last stream DMA and
+    next DMA engine (a rotation), and each op's end instructions (``out_of``). The
+    pinned-weights set is fixed before the loop but differs between layers (a stage's first
+    layers pin their weights, later ones stream them): a run's flags are in its snapshot. The
+    pinned bytes per stage (``free_bytes``) and the weight bytes (meta) are fixed per stage,
+    and runs on different stages never share a record."""
+
+    def __init__(self, pinned: dict[str, bool]) -> None:
+        self.pinned = pinned
+        self.out_of: dict[str, list[int]] = {}
+        self.last_array: dict[int, int] = {}
+        self.last_stream: dict[int, int] = {}
+        self.next_dma: dict[int, int] = {}
+
+    def snapshot(self, ref, run: list[Op]) -> tuple:
+        stages = sorted({op.stage for op in run})
+        per_stage = tuple(
+            (
+                s,
+                ref(self.last_array.get(s, -1)),
+                ref(self.last_stream.get(s, -1)),
+                self.next_dma.get(s, 0),
+            )
+            for s in stages
+        )
+        return per_stage, tuple(bool(self.pinned.get(op.id)) for op in run)
+
+    def restore(self, snap: tuple) -> None:
+        for s, array, stream, dma in snap[0]:
+            if array >= 0:
+                self.last_array[s] = array
+            if stream >= 0:
+                self.last_stream[s] = stream
+            self.next_dma[s] = dma
+
+    def op_state(self, op: str, ref) -> tuple:
+        return tuple(ref(i) for i in self.out_of[op])
+
+    def set_op_state(self, op: str, state: tuple) -> None:
+        self.out_of[op] = list(state)
+
+
 class Lowerer:
     """Emits one micro-batch's trip through every pipeline stage."""
 
@@ -145,10 +189,11 @@ class Lowerer:
             self.weight_bytes[op.stage] = self.weight_bytes.get(op.stage, 0.0) + held
             if self.pinned.get(op.id):
                 self.pinned_bytes[op.stage] = self.pinned_bytes.get(op.stage, 0.0) + held
-        self.out_of: dict[str, list[int]] = {}
-        self.last_array: dict[int, int] = {}  # stage -> its last array pass (prefetch window)
-        self.last_stream: dict[int, int] = {}  # stage -> its last stream DMA (in order)
-        self.next_dma: dict[int, int] = {}
+        self.state = _SystolicState(self.pinned)
+        self.out_of = self.state.out_of
+        self.last_array = self.state.last_array  # stage -> its last array pass (prefetch)
+        self.last_stream = self.state.last_stream  # stage -> its last stream DMA (in order)
+        self.next_dma = self.state.next_dma  # stage -> its next DMA engine (round robin)
         self.hbm_bw = hbm_bytes_per_cycle(p)
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -245,10 +290,35 @@ class Lowerer:
     def acts_fit(self, op: Op, nbytes: float) -> bool:
         return nbytes <= self.free_bytes(op.stage) / 2
 
+    def replay_pays(self) -> bool:
+        """Whether replaying layers can pay for recording them (either way the stream is the
+        same). A layer replays an earlier one of its stage that met the same DMA engine in
+        the rotation, and that repeats only every ``dma.engines`` layers at worst (a layer
+        with 3 DMAs meets all 16 engines' positions before one recurs); the first layers of a
+        stage are recorded, not replayed. So replay only when some stage holds at least
+        2 x engines + 4 decoder layers: matx-like's preset (16 engines, at most ~7 layers
+        per stage) lowers op by op, where recording alone would cost more than half the
+        lowering time."""
+        layers: dict[int, set[int]] = {}
+        for op in self.ops:
+            if op.layer >= 0:
+                layers.setdefault(op.stage, set()).add(op.layer)
+        most = max((len(v) for v in layers.values()), default=0)
+        return most >= 2 * self.p.dma.engines + 4
+
     # ---- ops ----------------------------------------------------------------------------------
     def lower(self) -> InstructionStream:
-        for op in self.ops:
+        """Every op in graph order; where ``replay_pays``, a decoder layer identical to an
+        earlier one replays its instructions (archsim/compiler/replay.py)."""
+
+        def lower_one(op: Op) -> None:
             self.out_of[op.id] = self.lower_op(op)
+
+        if self.replay_pays():
+            LayerReplay(self.b, self.g, self.state).lower(self.ops, lower_one)
+        else:
+            for op in self.ops:
+                lower_one(op)
         self.b.meta.update(
             family="matx-like",
             pinned_bytes_per_stage=",".join(
