@@ -88,18 +88,30 @@ class ReplayState(Protocol):
         ...
 
 
-class StageShift(Protocol):
-    """What a family adds to its ReplayState to replay a layer on other pipeline stages than
-    the recorded one (a layer k stages further down runs the same passes on other chips)."""
+class Framed(Protocol):
+    """What a family adds to its ReplayState to replay a layer in another frame: on other
+    pipeline stages than the recorded one (a layer k stages further down runs the same passes
+    on other chips), or where a rotation (of MXM planes, of DMA engines) stands elsewhere."""
 
-    def shift_name(self, name: str, delta: int) -> str:
-        """A unit's or resource's name moved ``delta`` stages (``chip3.mxm0``, 2 ->
-        ``chip5.mxm0``); names that belong to no stage come back unchanged. The family's
-        ``snapshot`` then writes stages relative to ``run_base(run)`` and includes every fact
-        about the absolute stages its lowering reads (hops and ports toward a next stage that
-        sits in another node), its ``restore`` takes the run's first stage as a second
-        argument, and its stream's ``chip`` column holds the stage."""
+    def frame(self, run: list[Op]) -> tuple:
+        """Where ``run`` starts: ``(first stage, ...)`` (``run_base``; then what the family's
+        rotations stand at), hashable. Records replay across frames: the run's unit and
+        resource names, its stages and its state are written relative to its frame."""
         ...
+
+    def relative_name(self, name: str, frame: tuple) -> str:
+        """A unit's or resource's name relative to ``frame`` (``chip3.mxm2`` at first stage 3
+        with the planes' rotation at 1: ``chip0.mxm1``)."""
+        ...
+
+    def absolute_name(self, name: str, frame: tuple) -> str:
+        """The inverse of ``relative_name``."""
+        ...
+
+    # and: snapshot(ref, run, frame) and restore(snap, frame) write the state relative to the
+    # frame and include every fact about the absolute stages the lowering reads (hops and
+    # ports toward a next stage that sits in another node); the stream's chip column holds
+    # the stage.
 
 
 def run_base(run: list[Op]) -> int:
@@ -153,8 +165,8 @@ class _Record:
         # the family's snapshot before the run, and the op_state of each input from outside it
         self.start = start
         # rows: per instruction (opcode, unit slot, chip - base, columns m..issue, layer
-        # delta, op slot, columns after op); units / resources: per slot its name at stage
-        # base 0; op_refs: per op slot ("op", rest, delta) or ("abs", name); deps: per
+        # delta, op slot, columns after op); units / resources: per slot its name relative
+        # to the frame; op_refs: per op slot ("op", rest, delta) or ("abs", name); deps: per
         # instruction ((Ref, kind, lag) before the run, (offset, kind, lag) inside it); uses:
         # per instruction ((resource slot, bytes), ...); ops: per op of the run its op_state;
         # end: the family's snapshot after the run
@@ -167,9 +179,9 @@ class LayerReplay:
 
     def __init__(self, b: StreamBuilder, g: nx.DiGraph, state: ReplayState) -> None:
         self.b, self.g, self.state = b, g, state
-        self.shift = getattr(state, "shift_name", None)
+        self.framed = hasattr(state, "frame")
         self.records: dict[tuple, list[_Record]] = {}
-        self._at: dict[tuple[int, int], tuple] = {}  # (record, base) -> its unit indices, ...
+        self._at: dict[tuple, tuple] = {}  # (record, frame) -> its unit indices, ...
         self._names: dict[str, tuple | None] = {}
         self._nodes: dict[str, tuple] = {}  # node -> (name without the layer prefix, layer)
 
@@ -181,33 +193,40 @@ class LayerReplay:
 
     def run(self, run: list[Op], lower_op: Callable[[Op], None]) -> None:
         layer = run[0].layer
-        base = run_base(run) if self.shift is not None else 0
-        key = self._key(run, base) if _enabled else None
+        key = self._key(run, 0) if _enabled else None
         if key is None:
             for op in run:
                 lower_op(op)
             return
-        start = len(self.b)
+        state, start = self.state, len(self.b)
+        frame = state.frame(run) if self.framed else (0,)
+        base = frame[0]
+        if base:
+            key = self._key(run, base)
         sig, inputs = self._signature(run, base)
         ref = self._ref_fn(layer, base, start)
-        state = self.state
-        snap = (state.snapshot(ref, run), tuple(state.op_state(x, ref) for x in inputs))
+        snap = (self._snapshot(ref, run, frame), tuple(state.op_state(x, ref) for x in inputs))
         for rec in self.records.get(key, ()):
             if rec.signature == sig and rec.start == snap:
                 try:
-                    self._replay(rec, run, base)
+                    self._replay(rec, run, frame)
                 except _Unresolved:
                     continue
                 stats["replayed"] += 1
                 return
         for op in run:
             lower_op(op)
-        self._record(key, sig, snap, run, base, start)
+        self._record(key, sig, snap, run, frame, start)
 
-    def _record(self, key, sig, snap, run, base, start) -> None:
-        b, layer = self.b, run[0].layer
+    def _snapshot(self, ref, run: list[Op], frame: tuple) -> Hashable:
+        if self.framed:
+            return self.state.snapshot(ref, run, frame)
+        return self.state.snapshot(ref, run)
+
+    def _record(self, key, sig, snap, run, frame, start) -> None:
+        b, layer, base = self.b, run[0].layer, frame[0]
         ref = self._ref_fn(layer, base, start)
-        relative = self._stage_names(-base)
+        relative = self._names_in(frame, self.state.relative_name if self.framed else None)
         rows, deps, uses = [], [], []
         units: dict[str, int] = {}
         resources: dict[str, int] = {}
@@ -227,7 +246,7 @@ class LayerReplay:
                 for r, x in us
             ))  # fmt: skip
         ops = tuple(self.state.op_state(op.id, ref) for op in run)
-        end = self.state.snapshot(ref, run)
+        end = self._snapshot(ref, run, frame)
         body = (tuple(rows), tuple(units), tuple(resources), tuple(op_refs), tuple(deps),
                 tuple(uses), ops, end)  # fmt: skip
         self.records.setdefault(key, []).append(_Record(sig, snap, body))
@@ -321,27 +340,29 @@ class LayerReplay:
 
         return resolve
 
-    def _stage_names(self, delta: int) -> Callable[[str], str]:
-        if self.shift is None or delta == 0:
+    @staticmethod
+    def _names_in(frame: tuple, rename) -> Callable[[str], str]:
+        if rename is None:
             return lambda name: name
-        return lambda name: self.shift(name, delta)
+        return lambda name: rename(name, frame)
 
-    def _names_at(self, rec: _Record, base: int) -> tuple[list[int], list[int]]:
-        """The builder's indices of ``rec``'s units and resources on the stages from ``base``."""
-        at = self._at.get((id(rec), base))
+    def _names_at(self, rec: _Record, frame: tuple) -> tuple[list[int], list[int]]:
+        """The builder's indices of ``rec``'s units and resources in ``frame``."""
+        at = self._at.get((id(rec), frame))
         if at is None:
-            b, absolute = self.b, self._stage_names(base)
-            at = self._at[(id(rec), base)] = (
+            b = self.b
+            absolute = self._names_in(frame, self.state.absolute_name if self.framed else None)
+            at = self._at[(id(rec), frame)] = (
                 [b.unit(absolute(name)) for name in rec.units],
                 [b.resource(absolute(name)) for name in rec.resources],
             )
         return at
 
     # ---- replay -----------------------------------------------------------------------------
-    def _replay(self, rec: _Record, run: list[Op], base: int) -> None:
-        """Append ``rec``'s instructions for ``run`` (at stage ``base``) and set the family's
+    def _replay(self, rec: _Record, run: list[Op], frame: tuple) -> None:
+        """Append ``rec``'s instructions for ``run`` (in ``frame``) and set the family's
         state; raises _Unresolved, before changing anything, if a Ref names no instruction."""
-        b, layer, start = self.b, run[0].layer, len(self.b)
+        b, layer, start, base = self.b, run[0].layer, len(self.b), frame[0]
         resolve = self._resolve_fn(layer, base, start)
         deps = [
             sorted((resolve(r), kind, lag) for r, kind, lag in outside)
@@ -352,7 +373,7 @@ class LayerReplay:
         ]
         ops = [_resolved(st, resolve) for st in rec.ops]
         end = _resolved(rec.end, resolve)
-        units, resources = self._names_at(rec, base)
+        units, resources = self._names_at(rec, frame)
         op_slots = [b.op_index(self._op_name(r, layer, base)) for r in rec.op_refs]
         b.extend(
             [
@@ -364,10 +385,10 @@ class LayerReplay:
         )
         for op, st in zip(run, ops, strict=True):
             self.state.set_op_state(op.id, st)
-        if self.shift is None:
-            self.state.restore(end)
+        if self.framed:
+            self.state.restore(end, frame)
         else:
-            self.state.restore(end, base)
+            self.state.restore(end)
 
 
 @functools.cache

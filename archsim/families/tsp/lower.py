@@ -168,24 +168,33 @@ class Lowerer:
         deps = [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred]]
         self.out_of[op.id] = self.lower_op(op, deps)
 
-    # ---- the state replay.LayerReplay reads: the first MXM plane of each stage's next op,
-    # each op's last passes, and where a transfer's destination sits; a layer on other
-    # stages replays with its chips renamed
-    def snapshot(self, ref, run: list[Op]) -> tuple:
+    # ---- the state replay.LayerReplay reads (compiler/replay.py). A run's frame is its first
+    # stage and where each of its stages' MXM plane rotation stands: the passes of a layer
+    # replay on other stages and from another first plane, with the chips and planes renamed.
+    # Where a transfer's destination sits (its port and hops) is in the snapshot.
+    def frame(self, run: list[Op]) -> tuple:
         base = run_base(run)
-        planes = tuple(
-            (s - base, self.next_plane.get(s, 0)) for s in sorted({op.stage for op in run})
+        last = max(op.stage for op in run)
+        return (base, tuple(self.next_plane.get(s, 0) for s in range(base, last + 1)))
+
+    def snapshot(self, ref, run: list[Op], frame: tuple) -> tuple:
+        base, first = frame
+        planes = self.p.mxm.planes
+        turned = tuple(
+            (self.next_plane.get(base + i, 0) - at) % planes for i, at in enumerate(first)
         )
         routes = tuple(
             (self.port(op.stage, op.dim("dst_stage")), self.hops(op.stage, op.dim("dst_stage")))
             for op in run
             if "dst_stage" in op.shape
         )
-        return planes, routes
+        return turned, routes
 
-    def restore(self, snap: tuple, base: int) -> None:
-        for s, plane in snap[0]:
-            self.next_plane[s + base] = plane
+    def restore(self, snap: tuple, frame: tuple) -> None:
+        base, first = frame
+        planes = self.p.mxm.planes
+        for i, (at, turned) in enumerate(zip(first, snap[0], strict=True)):
+            self.next_plane[base + i] = (at + turned) % planes
 
     def op_state(self, op: str, ref) -> tuple:
         return tuple(ref(i) for i in self.out_of[op])
@@ -193,9 +202,24 @@ class Lowerer:
     def set_op_state(self, op: str, state: tuple) -> None:
         self.out_of[op] = list(state)
 
-    def shift_name(self, name: str, delta: int) -> str:
+    def relative_name(self, name: str, frame: tuple) -> str:
+        return self._rename(name, frame, -1)
+
+    def absolute_name(self, name: str, frame: tuple) -> str:
+        return self._rename(name, frame, 1)
+
+    def _rename(self, name: str, frame: tuple, sign: int) -> str:
+        """``chip<s>.<unit>`` moved by the frame's first stage, and an MXM plane by the
+        rotation of its stage (relative: s and the plane counted from the frame)."""
         m = _CHIP_UNIT.match(name)
-        return f"chip{int(m.group(1)) + delta}.{m.group(2)}" if m else name
+        if m is None:
+            return name
+        base, first = frame
+        s, unit = int(m.group(1)), m.group(2)
+        i = s if sign > 0 else s - base  # the stage's place in the frame
+        if unit.startswith("mxm") and 0 <= i < len(first):
+            unit = f"mxm{(int(unit[3:]) + sign * first[i]) % self.p.mxm.planes}"
+        return f"chip{s + sign * base}.{unit}"
 
     def lower_op(self, op: Op, deps: list[int]) -> list[int]:
         kind, f = op.kind, self.f
