@@ -35,10 +35,11 @@ from typing import Any, Protocol
 
 import networkx as nx
 
-from archsim.core.isa import LAYER_COLUMN, OP_COLUMN, StreamBuilder
+from archsim.core.isa import COLUMNS, LAYER_COLUMN, OP_COLUMN, StreamBuilder
 from archsim.graph.ops import Op
 
 _LAYER_OP = re.compile(r"L(\d+)\.(.+)\Z")
+_UNIT_COLUMN = list(COLUMNS).index("unit")
 _enabled = True
 # replayed and lowered decoder-layer runs since the process started (tests read the change)
 stats = {"replayed": 0, "recorded": 0}
@@ -86,6 +87,16 @@ class ReplayState(Protocol):
     def set_op_state(self, op: str, state: Any) -> None:
         """Set op ``op``'s state from ``op_state``'s value with its Refs resolved."""
         ...
+
+
+# Optional, for a family whose identical layers sit on different units (a region of a mesh
+# per layer): ``places(run) -> tuple[str, ...]``, the names of the units the run's layer
+# occupies, in an order that is the same for identical layers. A unit or resource name the
+# run uses that is one of them, or starts with one followed by a character that is neither
+# a letter nor a digit (``wafer0.region5.x#12`` of ``wafer0.region5``), is recorded relative
+# to it and replayed on the current run's places; the snapshot must then say whatever else
+# about the places the lowering reads (their sizes, the hops between them). A family
+# without ``places`` has every name recorded as it is.
 
 
 def layer_runs(ops: list[Op]) -> list[list[Op]]:
@@ -152,10 +163,11 @@ class _Record:
     """A lowered run: its instructions, dependencies and state, every index a Ref."""
 
     __slots__ = (
-        "signature", "start", "needs", "rows", "op_refs", "deps", "uses", "ops", "end", "cid"
+        "signature", "start", "needs", "rows", "op_refs", "deps", "uses", "ops", "end", "cid",
+        "names",
     )  # fmt: skip
 
-    def __init__(self, signature, start, needs, rows, op_refs, deps, uses, ops, end, cid):
+    def __init__(self, signature, start, needs, rows, op_refs, deps, uses, ops, end, cid, names):
         self.signature = signature
         self.start = start  # the family's snapshot before the run
         self.needs = needs  # ((layer delta, content ids), ...) the Refs rely on
@@ -167,6 +179,10 @@ class _Record:
         self.ops = ops  # per op of the run: its op_state
         self.end = end  # the family's snapshot after the run
         self.cid = cid
+        # None (rows hold the builder's unit and resource indices), or (places, unit names,
+        # resource names): rows and uses hold slots into those names, each (place, suffix)
+        # or (-1, name), in the order they first appear
+        self.names = names
 
 
 class LayerReplay:
@@ -198,10 +214,16 @@ class LayerReplay:
         deltas: set[int] = {-1}
         sig = run_signature(self.g, run, self._nodes)
         snap = self.state.snapshot(self._ref_fn(layer, start, deltas), run)
+        places = self._places(run)
         for rec in self.records.get(key, ()):
-            if rec.signature == sig and rec.start == snap and self._holds(rec.needs, layer):
+            if (
+                rec.signature == sig
+                and rec.start == snap
+                and self._holds(rec.needs, layer)
+                and (rec.names is None or rec.names[0] == len(places))
+            ):
                 try:
-                    self._replay(rec, run)
+                    self._replay(rec, run, places)
                 except _Unresolved:
                     continue
                 stats["replayed"] += 1
@@ -220,18 +242,46 @@ class LayerReplay:
             inside = tuple((d - start, kind, lag) for d, kind, lag in ds if d >= start)
             deps.append((outside, inside))
             uses.append(tuple(us))
+        names = None
+        if places:
+            rows, uses, names = self._placed(rows, uses, places)
         ops = tuple(self.state.op_state(op.id, ref) for op in run)
         end = self.state.snapshot(ref, run)
         needs = tuple((d, self.content.get(layer + d)) for d in sorted(deltas))
         # the content id names what the run holds relative to itself; the layers its Refs
         # reach are checked through ``needs`` when a record is replayed
-        body = (tuple(rows), tuple(op_refs), tuple(deps), tuple(uses), ops, end)
+        body = (tuple(rows), tuple(op_refs), tuple(deps), tuple(uses), ops, end, names)
         cid = self._cids.setdefault(body, len(self._cids))
         self.records.setdefault(key, []).append(
-            _Record(sig, snap, needs, rows, tuple(op_refs), deps, uses, ops, end, cid)
+            _Record(sig, snap, needs, rows, tuple(op_refs), deps, uses, ops, end, cid, names)
         )
         stats["recorded"] += 1
         self._add_content(layer, cid)
+
+    # ---- places -------------------------------------------------------------------------------
+    def _places(self, run: list[Op]) -> tuple:
+        places = getattr(self.state, "places", None)
+        return places(run) if places is not None else ()
+
+    def _placed(self, rows: list, uses: list, places: tuple) -> tuple:
+        """``rows`` and ``uses`` with their units and resources as slots into names written
+        relative to ``places``; unchanged (and None) where no name is a place's."""
+        b = self.b
+        unit_slot: dict[int, int] = {}
+        res_slot: dict[int, int] = {}
+        placed_rows = []
+        for before, dlayer, slot, after in rows:
+            u = unit_slot.setdefault(before[_UNIT_COLUMN], len(unit_slot))
+            before = (*before[:_UNIT_COLUMN], u, *before[_UNIT_COLUMN + 1 :])
+            placed_rows.append((before, dlayer, slot, after))
+        placed_uses = [
+            tuple((res_slot.setdefault(r, len(res_slot)), x) for r, x in us) for us in uses
+        ]
+        units = tuple(_relative(b.unit_names[u], places) for u in unit_slot)
+        res = tuple(_relative(b.resource_names[r], places) for r in res_slot)
+        if all(t[0] < 0 for t in (*units, *res)):
+            return rows, uses, None
+        return placed_rows, placed_uses, (len(places), units, res)
 
     # ---- Refs ---------------------------------------------------------------------------------
     def _name_ref(self, name: str, layer: int) -> tuple:
@@ -284,7 +334,7 @@ class LayerReplay:
         self.content[layer] = (*self.content.get(layer, ()), cid)
 
     # ---- replay -------------------------------------------------------------------------------
-    def _replay(self, rec: _Record, run: list[Op]) -> None:
+    def _replay(self, rec: _Record, run: list[Op], places: tuple) -> None:
         """Append ``rec``'s instructions for ``run`` and set the family's state; raises
         _Unresolved, before changing anything, if a Ref names no instruction."""
         b, layer, start = self.b, run[0].layer, len(self.b)
@@ -301,11 +351,39 @@ class LayerReplay:
         slots = [
             b.op_index(f"L{layer + r[2]}.{r[1]}" if r[0] == "op" else r[1]) for r in rec.op_refs
         ]
-        for (before, dlayer, slot, after), ds, us in zip(rec.rows, deps, rec.uses, strict=True):
-            b.append((*before, layer + dlayer, slots[slot], *after), ds, us)
+        if rec.names is None:
+            for (before, dlayer, slot, after), ds, us in zip(rec.rows, deps, rec.uses, strict=True):
+                b.append((*before, layer + dlayer, slots[slot], *after), ds, us)
+        else:
+            # names are added in the order they first appear, as lowering adds them (a row
+            # using several resources new here but not at the record could order them apart)
+            units = [b.unit(_named(t, places)) for t in rec.names[1]]
+            res = [b.resource(_named(t, places)) for t in rec.names[2]]
+            c = _UNIT_COLUMN
+            for (before, dlayer, slot, after), ds, us in zip(rec.rows, deps, rec.uses, strict=True):
+                row = (*before[:c], units[before[c]], *before[c + 1 :], layer + dlayer)
+                us = sorted((res[r], x) for r, x in us) if len(us) > 1 else [
+                    (res[r], x) for r, x in us
+                ]  # fmt: skip
+                b.append((*row, slots[slot], *after), ds, us)
         for op, st in zip(run, ops, strict=True):
             self.state.set_op_state(op.id, st)
         self.state.restore(end)
+
+
+def _relative(name: str, places: tuple) -> tuple:
+    """``name`` as (place, suffix) for the longest place it starts with (followed by neither
+    a letter nor a digit), else (-1, name)."""
+    best, size = (-1, name), -1
+    for k, p in enumerate(places):
+        n = len(p)
+        if n > size and name.startswith(p) and (len(name) == n or not name[n].isalnum()):
+            best, size = (k, name[n:]), n
+    return best
+
+
+def _named(t: tuple, places: tuple) -> str:
+    return places[t[0]] + t[1] if t[0] >= 0 else t[1]
 
 
 def _resolved(value: Any, resolve: Callable[[Ref], int]) -> Any:
