@@ -31,7 +31,16 @@ TSP = [
     ("groq3-lpx", "bamba-9b", "decode", 4, None, None, [], "fp8"),  # SSM between attention
 ]
 
-WAFER = []
+WAFER = [
+    ("cerebras-like", "llama3-8b", "decode", 8, None, None, [], "bf16"),  # a region per layer
+    ("wse-2", "llama3-70b", "decode", 8, None, None, [], "bf16"),  # regions on several wafers
+    ("cerebras-like", "llama3-8b", "prefill", 2, None, 12, [], "bf16"),  # MeshGEMM
+    ("cerebras-like", "mixtral-8x7b", "decode", 4, None, None, [], "bf16"),  # router, experts
+    ("cerebras-like", "llama3-8b", "decode", 8, None, None,
+     ["mapping.mode=weight_streaming"], "bf16"),  # weight loads reuse the buffer of L - 2
+    ("wse-2", "mixtral-8x7b", "prefill", 2, None, 12,
+     ["mapping.mode=weight_streaming"], "bf16"),
+]  # fmt: skip
 
 SYSTOLIC = [
     # five stages of ~7 layers, two micro-batches, weights pinned; one DMA engine (with the

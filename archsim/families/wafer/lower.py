@@ -23,12 +23,14 @@ many candidate region shapes at once with the same rows the stream is built from
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
 import numpy as np
 
+from archsim.compiler.replay import LayerReplay
 from archsim.core.errors import ScenarioError
 from archsim.core.isa import END_START, START_START, InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
@@ -527,12 +529,12 @@ class Lowerer:
         self.b.meta.update(
             family="cerebras-like", mode=x["mode"], region=f"{x['region_cols']}x{x['region_rows']}"
         )
-        self.out_of: dict[str, int] = {}  # op id -> its last instruction
-        self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (op, block) -> (xfer, lag)
-        self.axis_of: dict[str, str] = {}
-        self.last_of_block: dict[int, int] = {}
-        self.loaded: dict[int, int] = {}  # block -> its weight_load (weight streaming)
-        self.local_out: dict[str, bool] = {}  # op id -> its last phase is local (streams)
+        # what lowering carries from op to op (every table is the state's, shared)
+        self.state = st = _WaferState(self)
+        self.out_of, self.sent, self.axis_of = st.out_of, st.sent, st.axis_of
+        self.last_of_block, self.loaded, self.local_out = st.last_of_block, st.loaded, st.local_out
+        self.axes: dict[str, str] = {}  # op id -> axis its input is split along
+        self._block_bytes: dict[int, float] | None = None
 
     def region_of(self, op: Op) -> Region:
         if op.layer in self.regions:
@@ -556,8 +558,8 @@ class Lowerer:
             lag = [(producer, START_START, p.pe.dsd_op_overhead_cycles)]
         else:  # a reduction's result (an argmax) exists only once it has finished
             lag = [(producer, END_START, 0)]
+        hops = self.hops(src, dst)
         if src.wafer == dst.wafer:
-            hops = hops_between(src, dst)
             i = self.b.add(
                 "xfer", unit=f"wafer{src.wafer}.xfer{src.index}", op=name, chip=src.wafer,
                 layer=src_op.layer, lagged=lag, m=hops, n=per_lane, k=int(terminal), h=lanes,
@@ -567,9 +569,6 @@ class Lowerer:
             )  # fmt: skip
             flight = xfer_flight_cycles(hops, p)
         else:
-            hops = hops_to_edge(src, self.wafer_cols, self.wafer_rows) + hops_to_edge(
-                dst, self.wafer_cols, self.wafer_rows
-            )
             nbytes = float(values * 2)  # 16-bit values packed on the Ethernet links
             name = "wafer_transfer" if name == "activation_transfer" else name
             i = self.b.add(
@@ -608,34 +607,55 @@ class Lowerer:
         return last
 
     def lower(self) -> StreamBuilder:
+        """Every op in graph order; a decoder layer identical to an earlier one, in the same
+        state, replays its instructions (archsim/compiler/replay.py, ``_WaferState``)."""
         ops = ops_in_order(self.g)
-        axes = block_axes(ops)
-        for op in ops:
-            region = self.region_of(op)
-            deps, lagged = [], []
-            for pred in self.g.predecessors(op.id):
-                pop = self.g.nodes[pred]["op"]
-                if self.region_of(pop).block == region.block or self.streaming:
-                    deps.append(self.out_of[pred])
-                else:
-                    hidden = op.dim("n") if op.kind != OpKind.MATMUL else op.dim("k")
-                    values = hidden * self.env.mb * seq_rows(op, self.sc)
-                    i, flight = self.transfer(pop, region, values)
-                    lagged.append((i, START_START, flight))
-            if self.streaming:
-                deps += self.weight_load(op, region)
-            axis = axes[op.id]
-            rc = op_recipe(op, Shape(region.cols, region.rows), self.env, axis,
-                           seq_rows(op, self.sc))  # fmt: skip
-            self.axis_of[op.id] = rc.axis
-            last = self.emit_rows(op, region, rc.rows, deps, lagged)
-            if last < 0:  # no phase (cannot happen for supported ops): pass the deps on
-                last = deps[0] if deps else lagged[0][0]
-            self.out_of[op.id] = last
-            self.last_of_block[op.layer] = last
+        self.axes = block_axes(ops)
+        LayerReplay(self.b, self.g, self.state).lower(ops, self.lower_op)
         if self.g.graph.get("whole_model") and not self.streaming:
             self.token_return(ops)
         return self.b
+
+    def lower_op(self, op: Op) -> None:
+        region = self.region_of(op)
+        deps, lagged = [], []
+        for pred in self.g.predecessors(op.id):
+            pop = self.g.nodes[pred]["op"]
+            if self.region_of(pop).block == region.block or self.streaming:
+                deps.append(self.out_of[pred])
+            else:
+                hidden = op.dim("n") if op.kind != OpKind.MATMUL else op.dim("k")
+                values = hidden * self.env.mb * seq_rows(op, self.sc)
+                i, flight = self.transfer(pop, region, values)
+                lagged.append((i, START_START, flight))
+        if self.streaming:
+            deps += self.weight_load(op, region)
+        rc = op_recipe(op, Shape(region.cols, region.rows), self.env, self.axes[op.id],
+                       seq_rows(op, self.sc))  # fmt: skip
+        self.axis_of[op.id] = rc.axis
+        last = self.emit_rows(op, region, rc.rows, deps, lagged)
+        if last < 0:  # no phase (cannot happen for supported ops): pass the deps on
+            last = deps[0] if deps else lagged[0][0]
+        self.out_of[op.id] = last
+        self.last_of_block[op.layer] = last
+
+    def hops(self, src: Region, dst: Region) -> int:
+        """Hops of a transfer from ``src`` to ``dst``: between their centres on one wafer,
+        else from each to its wafer's edge."""
+        if src.wafer == dst.wafer:
+            return hops_between(src, dst)
+        cols, rows = self.wafer_cols, self.wafer_rows
+        return hops_to_edge(src, cols, rows) + hops_to_edge(dst, cols, rows)
+
+    def block_bytes(self, layer: int) -> float:
+        """Weight bytes block ``layer`` streams from MemoryX (its ops', in graph order)."""
+        if self._block_bytes is None:
+            per: dict[int, list[float]] = {}
+            for n in self.g.nodes:
+                op = self.g.nodes[n]["op"]
+                per.setdefault(op.layer, []).append(streamed_bytes(op, self.env))
+            self._block_bytes = {layer: sum(x) for layer, x in per.items()}
+        return self._block_bytes.get(layer, 0)
 
     def token_return(self, ops: list[Op]) -> None:
         """The sampled token goes back to the embedding's region for the next step."""
@@ -652,10 +672,7 @@ class Lowerer:
         block L - 1 freed)."""
         if op.layer in self.loaded:
             return []
-        nbytes = sum(
-            streamed_bytes(self.g.nodes[n]["op"], self.env) for n in self.g.nodes
-            if self.g.nodes[n]["op"].layer == op.layer
-        )  # fmt: skip
+        nbytes = self.block_bytes(op.layer)
         freed = self.last_of_block.get(op.layer - 2, -1)
         levels = 1 + int(np.ceil(np.log2(max(self.plan.dp, 1))))
         i = self.b.add(
@@ -665,6 +682,124 @@ class Lowerer:
         )  # fmt: skip
         self.loaded[op.layer] = i
         return [i]
+
+
+class _WaferState:
+    """What lowering carries from op to op (``archsim.compiler.replay.ReplayState``): each
+    op's last instruction, output axis and whether its last phase is local; the transfers
+    made to each block; each block's last instruction and weight load.
+
+    A run of one layer reads, besides its ops and their inputs' op states: its region (its
+    size; its wafer and unit names are its ``frame``), the axes its ops' inputs are split
+    along (``block_axes`` runs over the whole model), for each input on another region that
+    region's size, wafer (relative) and the hops to it, and the transfer made already
+    (``sent``); in weight streaming whether its block is loaded, the bytes to load and the
+    last instruction of the block two before (whose buffer the load reuses). ``restore``
+    writes the tables of the run ``snapshot`` last described (``LayerReplay`` restores right
+    after describing the run's start)."""
+
+    def __init__(self, lw: Lowerer) -> None:
+        self.lw = lw
+        self.out_of: dict[str, int] = {}  # op id -> its last instruction
+        self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (op, block) -> (xfer, lag)
+        self.axis_of: dict[str, str] = {}
+        self.last_of_block: dict[int, int] = {}
+        self.loaded: dict[int, int] = {}  # block -> its weight_load (weight streaming)
+        self.local_out: dict[str, bool] = {}  # op id -> its last phase is local (streams)
+        self._run: list[Op] | None = None  # the run snapshot last described
+        self._layer = 0  # its layer
+        self._inputs_of: list[tuple[tuple[str, int], Region]] = []  # its ``_inputs``
+
+    def _inputs(self, run: list[Op], region: Region) -> list[tuple[tuple[str, int], Region]]:
+        """The ``sent`` key and region of each input of the run on another region."""
+        lw, nodes, out = self.lw, self.lw.g.nodes, []
+        if lw.streaming:
+            return out
+        for op in run:
+            for pred in lw.g.predecessors(op.id):
+                src = lw.region_of(nodes[pred]["op"])
+                if src.block != region.block:
+                    out.append(((pred, region.block), src))
+        return out
+
+    def frame(self, run: list[Op]) -> tuple:
+        """The run's wafer, and its places: its region and the transfer units of the regions
+        it receives from, in a fixed order (identical layers sit on other regions)."""
+        region = self.lw.region_of(run[0])
+        places = [region.unit]
+        for _, src in self._inputs(run, region):
+            name = f"wafer{src.wafer}.xfer{src.index}"
+            if name not in places:
+                places.append(name)
+        return region.wafer, tuple(places)
+
+    def relative_name(self, name: str, frame: tuple) -> str:
+        """A place's unit or resource as ``@k`` + the rest (``wafer0.region5.x#12`` ->
+        ``@0.x#12``); any other wafer counted from the frame's (``wafer@1.io``)."""
+        base, places = frame
+        for k, place in enumerate(places):
+            n = len(place)
+            if name.startswith(place) and (len(name) == n or not name[n].isalnum()):
+                return f"@{k}{name[n:]}"
+        return _WAFER.sub(lambda m: f"wafer@{int(m.group(1)) - base}", name)
+
+    def absolute_name(self, name: str, frame: tuple) -> str:
+        base, places = frame
+        if name.startswith("@"):
+            m = _PLACE.match(name)
+            return places[int(m.group(1))] + m.group(2)
+        return _WAFER_AT.sub(lambda m: f"wafer{int(m.group(1)) + base}", name)
+
+    def snapshot(self, ref, run: list[Op], frame: tuple) -> tuple:
+        lw, layer = self.lw, run[0].layer
+        region = lw.region_of(run[0])  # a run is one layer's: one region
+        if run is not self._run:  # the start of a run (the end reuses its inputs)
+            self._run, self._layer = run, layer
+            self._inputs_of = self._inputs(run, region)
+        inputs = self._inputs_of
+        xfers = []
+        for key, src in inputs:
+            hit = self.sent.get(key)
+            sent = None if hit is None else (ref(hit[0]), hit[1])
+            where = (src.wafer - region.wafer, src.cols, src.rows, lw.hops(src, region))
+            xfers.append((*where, sent))
+        streamed = ()
+        if lw.streaming:
+            load = self.loaded.get(layer, -1)
+            nbytes = lw.block_bytes(layer) if load < 0 else 0
+            streamed = (ref(load), ref(self.last_of_block.get(layer - 2, -1)), nbytes)
+        return (
+            (region.cols, region.rows),
+            tuple(lw.axes[op.id] for op in run),
+            tuple(xfers),
+            streamed,
+            ref(self.last_of_block.get(layer, -1)),
+        )
+
+    def restore(self, snap: tuple, frame: tuple) -> None:
+        _, _, xfers, streamed, last = snap
+        for (key, _), (*_, sent) in zip(self._inputs_of, xfers, strict=True):
+            if sent is not None:
+                self.sent[key] = sent
+        if streamed and streamed[0] >= 0:
+            self.loaded[self._layer] = streamed[0]
+        if last >= 0:
+            self.last_of_block[self._layer] = last
+
+    def op_state(self, op: str, ref) -> tuple:
+        return (ref(self.out_of[op]), self.axis_of[op], self.local_out.get(op))
+
+    def set_op_state(self, op: str, state: tuple) -> None:
+        self.out_of[op], self.axis_of[op], local = state
+        if local is None:
+            self.local_out.pop(op, None)
+        else:
+            self.local_out[op] = local
+
+
+_WAFER = re.compile(r"wafer(\d+)")
+_WAFER_AT = re.compile(r"wafer@(-?\d+)")
+_PLACE = re.compile(r"@(\d+)(.*)\Z", re.S)
 
 
 def streamed_bytes(op: Op, env: Env) -> float:
