@@ -164,6 +164,8 @@ class _Record:
         self.signature = signature
         # the family's snapshot before the run, and the op_state of each input from outside it
         self.start = start
+        # slots are numbered in the order their names first appear in the run (the order
+        # lowering adds them to the builder, so a replay that adds them does so likewise).
         # rows: per instruction (opcode, unit slot, chip - base, columns m..issue, layer
         # delta, op slot, columns after op); units / resources: per slot its name relative
         # to the frame; op_refs: per op slot ("op", rest, delta) or ("abs", name); deps: per

@@ -448,7 +448,9 @@ class StreamBuilder:
             self._deps.append(sorted((d, kind, lag) for (d, kind), lag in bound.items()))
         if resources:
             uses = [(self.resource(r), float(x)) for r, x in resources.items() if x > 0]
-            self._uses.append(sorted(uses))
+            # kept in the order given (the order the resources were first named in, which a
+            # replayed layer repeats when it names them: compiler/replay.py); sorted in build
+            self._uses.append(uses)
         else:
             self._uses.append([])
         return i
@@ -499,7 +501,7 @@ class StreamBuilder:
         dep_ptr = _ptr([len(d) for d in self._deps])
         flat = [x for ds in self._deps for x in ds]
         res_ptr = _ptr([len(u) for u in self._uses])
-        uses = [x for us in self._uses for x in us]
+        uses = [x for us in self._uses for x in (sorted(us) if len(us) > 1 else us)]
         stream = InstructionStream(
             self.opcode_names,
             list(self.unit_names),

@@ -22,10 +22,11 @@ one op ahead) and the previous stream has moved its bytes (one DMA queue).
 from __future__ import annotations
 
 import math
+import re
 
 import networkx as nx
 
-from archsim.compiler.replay import LayerReplay
+from archsim.compiler.replay import LayerReplay, run_base
 from archsim.core.isa import END_START, START_START, InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
 from archsim.families.systolic.mapper import (
@@ -133,43 +134,76 @@ class _SystolicState:
     """What lowering carries from op to op: each stage's last array pass, last stream DMA and
     next DMA engine (a rotation), and each op's end instructions (``out_of``). The
     pinned-weights set is fixed before the loop but differs between layers (a stage's first
-    layers pin their weights, later ones stream them): a run's flags are in its snapshot. The
-    pinned bytes per stage (``free_bytes``) and the weight bytes (meta) are fixed per stage,
-    and runs on different stages never share a record."""
+    layers pin their weights, later ones stream them): a run's flags are in its snapshot, and
+    so is the scratchpad its stages have left beside their pinned weights (activations that
+    fit in half of it stay there). The weight bytes (meta) are not read by lowering.
 
-    def __init__(self, pinned: dict[str, bool]) -> None:
-        self.pinned = pinned
+    A run's frame is its first stage and where each of its stages' DMA rotation stands: a
+    layer replays on other stages, from another first engine, with chips and engines
+    renamed (compiler/replay.py)."""
+
+    def __init__(self, lw: Lowerer) -> None:
+        self.lw = lw
+        self.engines = lw.p.dma.engines
         self.out_of: dict[str, list[int]] = {}
         self.last_array: dict[int, int] = {}
         self.last_stream: dict[int, int] = {}
         self.next_dma: dict[int, int] = {}
 
-    def snapshot(self, ref, run: list[Op]) -> tuple:
-        stages = sorted({op.stage for op in run})
+    def frame(self, run: list[Op]) -> tuple:
+        base = run_base(run)
+        last = max(op.stage for op in run)
+        return base, tuple(self.next_dma.get(s, 0) for s in range(base, last + 1))
+
+    def snapshot(self, ref, run: list[Op], frame: tuple) -> tuple:
+        base, first = frame
         per_stage = tuple(
             (
-                s,
-                ref(self.last_array.get(s, -1)),
-                ref(self.last_stream.get(s, -1)),
-                self.next_dma.get(s, 0),
+                ref(self.last_array.get(base + i, -1)),
+                ref(self.last_stream.get(base + i, -1)),
+                (self.next_dma.get(base + i, 0) - at) % self.engines,
+                self.lw.free_bytes(base + i),
             )
-            for s in stages
+            for i, at in enumerate(first)
         )
-        return per_stage, tuple(bool(self.pinned.get(op.id)) for op in run)
+        return per_stage, tuple(bool(self.lw.pinned.get(op.id)) for op in run)
 
-    def restore(self, snap: tuple) -> None:
-        for s, array, stream, dma in snap[0]:
+    def restore(self, snap: tuple, frame: tuple) -> None:
+        base, first = frame
+        for i, ((array, stream, turned, _), at) in enumerate(zip(snap[0], first, strict=True)):
             if array >= 0:
-                self.last_array[s] = array
+                self.last_array[base + i] = array
             if stream >= 0:
-                self.last_stream[s] = stream
-            self.next_dma[s] = dma
+                self.last_stream[base + i] = stream
+            self.next_dma[base + i] = (at + turned) % self.engines
 
     def op_state(self, op: str, ref) -> tuple:
         return tuple(ref(i) for i in self.out_of[op])
 
     def set_op_state(self, op: str, state: tuple) -> None:
         self.out_of[op] = list(state)
+
+    def relative_name(self, name: str, frame: tuple) -> str:
+        return self._rename(name, frame, -1)
+
+    def absolute_name(self, name: str, frame: tuple) -> str:
+        return self._rename(name, frame, 1)
+
+    def _rename(self, name: str, frame: tuple, sign: int) -> str:
+        """``chip<s>.<unit>`` moved by the frame's first stage, and a DMA engine by the
+        rotation of its stage (relative: s and the engine counted from the frame)."""
+        m = _CHIP_UNIT.match(name)
+        if m is None:
+            return name
+        base, first = frame
+        s, unit = int(m.group(1)), m.group(2)
+        i = s if sign > 0 else s - base  # the stage's place in the frame
+        if unit.startswith("dma") and 0 <= i < len(first):
+            unit = f"dma{(int(unit[3:]) + sign * first[i]) % self.engines}"
+        return f"chip{s + sign * base}.{unit}"
+
+
+_CHIP_UNIT = re.compile(r"chip(\d+)\.(.+)\Z")  # a stage's unit or resource: chip3.dma2
 
 
 class Lowerer:
@@ -189,7 +223,7 @@ class Lowerer:
             self.weight_bytes[op.stage] = self.weight_bytes.get(op.stage, 0.0) + held
             if self.pinned.get(op.id):
                 self.pinned_bytes[op.stage] = self.pinned_bytes.get(op.stage, 0.0) + held
-        self.state = _SystolicState(self.pinned)
+        self.state = _SystolicState(self)
         self.out_of = self.state.out_of
         self.last_array = self.state.last_array  # stage -> its last array pass (prefetch)
         self.last_stream = self.state.last_stream  # stage -> its last stream DMA (in order)
@@ -290,35 +324,15 @@ class Lowerer:
     def acts_fit(self, op: Op, nbytes: float) -> bool:
         return nbytes <= self.free_bytes(op.stage) / 2
 
-    def replay_pays(self) -> bool:
-        """Whether replaying layers can pay for recording them (either way the stream is the
-        same). A layer replays an earlier one of its stage that met the same DMA engine in
-        the rotation, and that repeats only every ``dma.engines`` layers at worst (a layer
-        with 3 DMAs meets all 16 engines' positions before one recurs); the first layers of a
-        stage are recorded, not replayed. So replay only when some stage holds at least
-        2 x engines + 4 decoder layers: matx-like's preset (16 engines, at most ~7 layers
-        per stage) lowers op by op, where recording alone would cost more than half the
-        lowering time."""
-        layers: dict[int, set[int]] = {}
-        for op in self.ops:
-            if op.layer >= 0:
-                layers.setdefault(op.stage, set()).add(op.layer)
-        most = max((len(v) for v in layers.values()), default=0)
-        return most >= 2 * self.p.dma.engines + 4
-
     # ---- ops ----------------------------------------------------------------------------------
     def lower(self) -> InstructionStream:
-        """Every op in graph order; where ``replay_pays``, a decoder layer identical to an
-        earlier one replays its instructions (archsim/compiler/replay.py)."""
+        """Every op in graph order; a decoder layer identical to an earlier one replays its
+        instructions (archsim/compiler/replay.py)."""
 
         def lower_one(op: Op) -> None:
             self.out_of[op.id] = self.lower_op(op)
 
-        if self.replay_pays():
-            LayerReplay(self.b, self.g, self.state).lower(self.ops, lower_one)
-        else:
-            for op in self.ops:
-                lower_one(op)
+        LayerReplay(self.b, self.g, self.state).lower(self.ops, lower_one)
         self.b.meta.update(
             family="matx-like",
             pinned_bytes_per_stage=",".join(
