@@ -189,6 +189,11 @@ class LayerReplay:
     def run(self, run: list[Op], lower_op: Callable[[Op], None]) -> None:
         layer = run[0].layer
         key = run_key(run) if _enabled else None
+        if key is not None and key not in self.records:
+            # a key seen once is not recorded: recording costs more than lowering on families
+            # whose runs rarely repeat (a layer or two per card); the second run is recorded
+            self.records[key] = []
+            key = None
         if key is None:
             for op in run:
                 lower_op(op)
