@@ -54,7 +54,27 @@ SYSTOLIC = [
     ("tpu-v6e", "deepseek-v3", "decode", 4, 16, 20, [], "bf16"),  # MLA, dense then MoE
 ]
 
-IMC = []
+# bamba-9b: dmatrix-like refuses its SSM scan
+IMC = [
+    ("dmatrix-like", "llama3-8b", "decode", 8, None, None, [], "int8"),  # SRAM: 5 stages, sends
+    ("dmatrix-like", "llama3-8b", "prefill", 2, 1, None, [], "int8"),  # weights from LPDDR
+    # a tensor pair over the bridge (card all-reduce), the K/V cache streamed from LPDDR
+    (
+        "dmatrix-like",
+        "llama3-8b",
+        "decode",
+        8,
+        2,
+        None,
+        ["compiler.max_tensor_cards=2", "memory.kv_tier=lpddr"],
+        "int8",
+    ),
+    ("dmatrix-like", "llama3-70b", "decode", 8, 8, None, [], "int4"),  # 8 streaming stages
+    ("dmatrix-like", "llama3-70b", "prefill", 1, 8, None, ["compiler.max_tensor_cards=2"], "int8"),
+    ("dmatrix-like", "mixtral-8x7b", "decode", 8, 4, None, [], "int8"),  # experts
+    # MLA, dense then MoE layers; array writes beside the MACs
+    ("dmatrix-like", "deepseek-v3", "decode", 4, 1, 12, ["dimc.simultaneous_write=true"], "int8"),
+]
 
 ASIC = [
     ("etched-like", "llama3-70b", "decode", 8, 8, None, [], "bf16"),  # TP8: all-reduces

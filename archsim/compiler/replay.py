@@ -195,16 +195,21 @@ class LayerReplay:
 
     def run(self, run: list[Op], lower_op: Callable[[Op], None]) -> None:
         layer = run[0].layer
-        key = self._key(run, 0) if _enabled else None
+        key = frame = None
+        if _enabled and layer >= 0:
+            frame = self.state.frame(run) if self.framed else (0,)
+            key = self._key(run, frame[0])
+            if key is not None and key not in self.records:
+                # a key seen once is lowered, not recorded: recording costs more than lowering,
+                # and a first run rarely repeats (its inputs come from the embedding, or it is
+                # the only such layer on its chip); the second run is recorded
+                self.records[key] = []
+                key = None
         if key is None:
             for op in run:
                 lower_op(op)
             return
-        state, start = self.state, len(self.b)
-        frame = state.frame(run) if self.framed else (0,)
-        base = frame[0]
-        if base:
-            key = self._key(run, base)
+        state, start, base = self.state, len(self.b), frame[0]
         sig, inputs = self._signature(run, base)
         ref = self._ref_fn(layer, base, start)
         snap = (self._snapshot(ref, run, frame), tuple(state.op_state(x, ref) for x in inputs))

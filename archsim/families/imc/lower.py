@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from archsim.compiler.replay import LayerReplay
 from archsim.core.errors import UnsupportedOpError
 from archsim.core.isa import START_START, InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
@@ -162,19 +163,17 @@ class Lowerer:
         self.kv_lpddr = p.memory.kv_tier == "lpddr"
         self.buffer = stream_buffer_bytes(p)
         self.chunk = self.buffer / 2  # double buffering
-        self.in_buffer: dict[int, deque] = {}  # stage -> (bytes, consumer) in flight
-        self.buffered: dict[int, float] = {}
         self.write_unit = "write" if d.simultaneous_write else "dimc"
         self.steps = math.ceil(math.log2(max(2, p.simd.lanes_per_chiplet)))
         # the SIMD pass that adds and converts a DIMC op's outputs streams behind it: it
         # starts one SIMD latency after the op and ends one SIMD latency after its last output
         self.tail = p.simd.latency_cycles
         model = g.graph.get("model")
-        self.n_layers = model.num_layers if model is not None else 0
-        self.synced: set[tuple[int, int]] = set()
         self.whole_model = bool(g.graph.get("whole_model"))
-        self.step_sync: int | None = None
-        self.out_of: dict[str, list[int]] = {}
+        # what lowering carries from op to op (``_ImcState``; these dicts are its own)
+        self.state = st = _ImcState(model.num_layers if model is not None else 0)
+        self.n_layers, self.synced, self.out_of = st.n_layers, st.synced, st.out_of
+        self.in_buffer, self.buffered = st.in_buffer, st.buffered  # stage -> chunks in flight
 
     # ---- helpers ----------------------------------------------------------------------------
     def emit(self, opcode: str, unit: str, op: Op, deps, **kw) -> int:
@@ -274,14 +273,19 @@ class Lowerer:
 
     # ---- ops --------------------------------------------------------------------------------
     def lower(self) -> StreamBuilder:
-        for op in ops_in_order(self.g):
-            deps = [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred]]
-            if not deps and self.whole_model:  # the token step starts on the host
-                if self.step_sync is None:
-                    self.step_sync = self.emit("sync", "ctrl", op, [], m=1)
-                deps = [self.step_sync]
-            self.out_of[op.id] = self.lower_op(op, self.sync(op, deps))
+        """Every op in graph order; a decoder layer identical to an earlier one, lowered in
+        the same state, replays its instructions (archsim/compiler/replay.py)."""
+        LayerReplay(self.b, self.g, self.state).lower(ops_in_order(self.g), self.lower_one)
         return self.b
+
+    def lower_one(self, op: Op) -> None:
+        st = self.state
+        deps = [i for pred in self.g.predecessors(op.id) for i in self.out_of[pred]]
+        if not deps and self.whole_model:  # the token step starts on the host
+            if st.step_sync is None:
+                st.step_sync = self.emit("sync", "ctrl", op, [], m=1)
+            deps = [st.step_sync]
+        self.out_of[op.id] = self.lower_op(op, self.sync(op, deps))
 
     def lower_op(self, op: Op, deps: list[int]) -> list[int]:
         kind, rows = op.kind, self.rows(op)
@@ -619,6 +623,60 @@ class Lowerer:
             "link", "link", op, deps, m=1, n=kind, link_bytes=nbytes,
             resources={f"card{op.stage}.{LINK_KINDS[kind]}": nbytes},
         )  # fmt: skip
+
+
+class _ImcState:
+    """What lowering carries from op to op: per stage the LPDDR chunks in the stream buffer
+    (bytes, the compute that frees them) and their bytes, the (stage, layer) pairs whose
+    fixed layer cost is paid, the step's host sync, and each op's last instructions."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.n_layers = n_layers
+        self.in_buffer: dict[int, deque] = {}
+        self.buffered: dict[int, float] = {}
+        self.synced: set[tuple[int, int]] = set()
+        self.step_sync: int | None = None
+        self.out_of: dict[str, list[int]] = {}
+        self._layer = 0  # the layer of the run last described (restore's synced pairs)
+
+    def snapshot(self, ref, run: list[Op]) -> tuple:
+        """Per stage of the run: its chunks in flight (None: never streamed), their bytes,
+        whether the run's layer is synced there; whether the layer pays the sync at all; the
+        step's host sync."""
+        layer = self._layer = run[0].layer
+        stages = sorted({op.stage for op in run})
+        per_stage = []
+        for s in stages:
+            queue = self.in_buffer.get(s)
+            chunks = None if queue is None else tuple((nb, ref(c)) for nb, c in queue)
+            per_stage.append((s, chunks, self.buffered.get(s), (s, layer) in self.synced))
+        step = None if self.step_sync is None else ref(self.step_sync)
+        return (tuple(per_stage), 0 <= layer < self.n_layers, step)
+
+    def restore(self, snap: tuple) -> None:
+        per_stage, _, step = snap
+        for s, chunks, buffered, synced in per_stage:
+            if chunks is None:
+                self.in_buffer.pop(s, None)
+            else:
+                queue = self.in_buffer.setdefault(s, deque())
+                queue.clear()
+                queue.extend(chunks)
+            if buffered is None:
+                self.buffered.pop(s, None)
+            else:
+                self.buffered[s] = buffered
+            if synced:
+                self.synced.add((s, self._layer))
+            else:
+                self.synced.discard((s, self._layer))
+        self.step_sync = step
+
+    def op_state(self, op: str, ref) -> tuple:
+        return tuple(ref(i) for i in self.out_of[op])
+
+    def set_op_state(self, op: str, state: tuple) -> None:
+        self.out_of[op] = list(state)
 
 
 def lower_trip(g: nx.DiGraph, plan: Plan, p: ImcParams, sc: Scenario) -> InstructionStream:
