@@ -56,6 +56,9 @@ SYSTOLIC = [
 
 # bamba-9b: dmatrix-like refuses its SSM scan
 IMC = [
+    # 41 stages of about two layers over 6 servers: layers replay on other cards, and a
+    # transfer between servers takes the NIC where one inside a server takes PCIe
+    ("dmatrix-like", "llama3-70b", "decode", 1, None, None, [], "int8"),
     ("dmatrix-like", "llama3-8b", "decode", 8, None, None, [], "int8"),  # SRAM: 5 stages, sends
     ("dmatrix-like", "llama3-8b", "prefill", 2, 1, None, [], "int8"),  # weights from LPDDR
     # a tensor pair over the bridge (card all-reduce), the K/V cache streamed from LPDDR

@@ -20,12 +20,13 @@ LPDDR through a double buffer in the arrays (``Lowerer.stream_in``).
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from dataclasses import dataclass
 
 import networkx as nx
 
-from archsim.compiler.replay import LayerReplay
+from archsim.compiler.replay import LayerReplay, run_base
 from archsim.core.errors import UnsupportedOpError
 from archsim.core.isa import START_START, InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
@@ -171,7 +172,7 @@ class Lowerer:
         model = g.graph.get("model")
         self.whole_model = bool(g.graph.get("whole_model"))
         # what lowering carries from op to op (``_ImcState``; these dicts are its own)
-        self.state = st = _ImcState(model.num_layers if model is not None else 0)
+        self.state = st = _ImcState(self, model.num_layers if model is not None else 0)
         self.n_layers, self.synced, self.out_of = st.n_layers, st.synced, st.out_of
         self.in_buffer, self.buffered = st.in_buffer, st.buffered  # stage -> chunks in flight
 
@@ -628,9 +629,14 @@ class Lowerer:
 class _ImcState:
     """What lowering carries from op to op: per stage the LPDDR chunks in the stream buffer
     (bytes, the compute that frees them) and their bytes, the (stage, layer) pairs whose
-    fixed layer cost is paid, the step's host sync, and each op's last instructions."""
+    fixed layer cost is paid, the step's host sync, and each op's last instructions.
 
-    def __init__(self, n_layers: int) -> None:
+    A run's frame is its first stage: a layer replays on other cards with the cards renamed
+    (compiler/replay.py). What differs between stages is in the snapshot: the share of the
+    weights each stage holds resident, and the link each transfer to another stage takes."""
+
+    def __init__(self, lw: Lowerer, n_layers: int) -> None:
+        self.lw = lw
         self.n_layers = n_layers
         self.in_buffer: dict[int, deque] = {}
         self.buffered: dict[int, float] = {}
@@ -639,23 +645,34 @@ class _ImcState:
         self.out_of: dict[str, list[int]] = {}
         self._layer = 0  # the layer of the run last described (restore's synced pairs)
 
-    def snapshot(self, ref, run: list[Op]) -> tuple:
-        """Per stage of the run: its chunks in flight (None: never streamed), their bytes,
-        whether the run's layer is synced there; whether the layer pays the sync at all; the
-        step's host sync."""
+    def frame(self, run: list[Op]) -> tuple:
+        return (run_base(run),)
+
+    def snapshot(self, ref, run: list[Op], frame: tuple) -> tuple:
+        """Per stage of the run (relative): its chunks in flight (None: never streamed), their
+        bytes, whether the run's layer is synced there, its resident share; the links of the
+        run's transfers; whether the layer pays the sync at all; the step's host sync."""
         layer = self._layer = run[0].layer
-        stages = sorted({op.stage for op in run})
+        base, lw = frame[0], self.lw
         per_stage = []
-        for s in stages:
+        for s in sorted({op.stage for op in run}):
             queue = self.in_buffer.get(s)
             chunks = None if queue is None else tuple((nb, ref(c)) for nb, c in queue)
-            per_stage.append((s, chunks, self.buffered.get(s), (s, layer) in self.synced))
+            synced = (s, layer) in self.synced
+            per_stage.append((s - base, chunks, self.buffered.get(s), synced, lw.resident[s]))
+        tp = lw.plan.tp
+        links = tuple(
+            lw.link_kind(op.stage * tp, op.dim("dst_stage") * tp)
+            for op in run
+            if "dst_stage" in op.shape
+        )
         step = None if self.step_sync is None else ref(self.step_sync)
-        return (tuple(per_stage), 0 <= layer < self.n_layers, step)
+        return (tuple(per_stage), links, 0 <= layer < self.n_layers, step)
 
-    def restore(self, snap: tuple) -> None:
-        per_stage, _, step = snap
-        for s, chunks, buffered, synced in per_stage:
+    def restore(self, snap: tuple, frame: tuple) -> None:
+        per_stage, _, _, step = snap
+        for rel, chunks, buffered, synced, _ in per_stage:
+            s = rel + frame[0]
             if chunks is None:
                 self.in_buffer.pop(s, None)
             else:
@@ -677,6 +694,20 @@ class _ImcState:
 
     def set_op_state(self, op: str, state: tuple) -> None:
         self.out_of[op] = list(state)
+
+    def relative_name(self, name: str, frame: tuple) -> str:
+        return _card_moved(name, -frame[0])
+
+    def absolute_name(self, name: str, frame: tuple) -> str:
+        return _card_moved(name, frame[0])
+
+
+_CARD = re.compile(r"card(-?\d+)\.(.+)\Z")  # a stage's unit or resource: card3.lpddr
+
+
+def _card_moved(name: str, delta: int) -> str:
+    m = _CARD.match(name)
+    return f"card{int(m.group(1)) + delta}.{m.group(2)}" if m else name
 
 
 def lower_trip(g: nx.DiGraph, plan: Plan, p: ImcParams, sc: Scenario) -> InstructionStream:
