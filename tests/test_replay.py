@@ -137,3 +137,16 @@ def test_replayed_layers_give_the_same_stream(
     fresh, replayed, n = lowered(arch, model, phase, batch, chips, layers, overrides, precision)
     assert replayed.dumps() == fresh.dumps()
     assert n >= 3
+
+
+def test_rotated_names_move_the_stage_and_the_rotation():
+    """A frame (first stage 3; rotations of stages 3, 4, 5 at 0, 0, 2 of 4): chip5's mxm1 is
+    stage 2 of the frame and one before its rotation's place, so chip2.mxm3 relative (by
+    hand: 5 - 3 = 2, (1 - 2) mod 4 = 3); back, the same name; units outside the rotation
+    move only their stage, names of no chip not at all."""
+    frame = (3, (0, 0, 2))
+    assert replay.rotated_name("chip5.mxm1", frame, -1, "mxm", 4) == "chip2.mxm3"
+    assert replay.rotated_name("chip2.mxm3", frame, 1, "mxm", 4) == "chip5.mxm1"
+    assert replay.rotated_name("chip4.vxm", frame, -1, "mxm", 4) == "chip1.vxm"
+    assert replay.rotated_name("chip1.vxm", frame, 1, "mxm", 4) == "chip4.vxm"
+    assert replay.rotated_name("memoryx", frame, -1, "mxm", 4) == "memoryx"

@@ -119,6 +119,34 @@ def run_base(run: list[Op]) -> int:
     return min(op.stage for op in run)
 
 
+def rotation_frame(run: list[Op], positions: dict[int, int]) -> tuple:
+    """A frame for a family whose units are ``chip<s>.<unit>`` and one kind of unit per
+    stage is taken in rotation: (first stage, where the rotation of each stage from it to
+    the run's last stands) from ``positions`` (stage -> next in the rotation, 0 if absent)."""
+    base = run_base(run)
+    last = max(op.stage for op in run)
+    return base, tuple(positions.get(s, 0) for s in range(base, last + 1))
+
+
+_CHIP_UNIT = re.compile(r"chip(-?\d+)\.(.+)\Z")
+
+
+def rotated_name(name: str, frame: tuple, sign: int, rotating: str, count: int) -> str:
+    """``chip<s>.<unit>`` relative to a ``rotation_frame`` (``sign`` -1) or back from it
+    (+1): the stage moved by the frame's first stage, and a unit ``<rotating><k>`` of a
+    rotation of ``count`` by where its stage's rotation stands (relative: counted from it).
+    Other names come back unchanged."""
+    m = _CHIP_UNIT.match(name)
+    if m is None:
+        return name
+    base, first = frame
+    s, unit = int(m.group(1)), m.group(2)
+    i = s if sign > 0 else s - base  # the stage's place in the frame
+    if unit.startswith(rotating) and unit[len(rotating) :].isdigit() and 0 <= i < len(first):
+        unit = f"{rotating}{(int(unit[len(rotating) :]) + sign * first[i]) % count}"
+    return f"chip{s + sign * base}.{unit}"
+
+
 def layer_runs(ops: list[Op]) -> list[list[Op]]:
     """The ops cut into runs of consecutive ops of one layer."""
     runs: list[list[Op]] = []

@@ -22,11 +22,10 @@ one op ahead) and the previous stream has moved its bytes (one DMA queue).
 from __future__ import annotations
 
 import math
-import re
 
 import networkx as nx
 
-from archsim.compiler.replay import LayerReplay, run_base
+from archsim.compiler.replay import LayerReplay, rotated_name, rotation_frame
 from archsim.core.isa import END_START, START_START, InstructionStream, StreamBuilder
 from archsim.core.plan import Plan
 from archsim.families.systolic.mapper import (
@@ -151,9 +150,7 @@ class _SystolicState:
         self.next_dma: dict[int, int] = {}
 
     def frame(self, run: list[Op]) -> tuple:
-        base = run_base(run)
-        last = max(op.stage for op in run)
-        return base, tuple(self.next_dma.get(s, 0) for s in range(base, last + 1))
+        return rotation_frame(run, self.next_dma)
 
     def snapshot(self, ref, run: list[Op], frame: tuple) -> tuple:
         base, first = frame
@@ -184,26 +181,10 @@ class _SystolicState:
         self.out_of[op] = list(state)
 
     def relative_name(self, name: str, frame: tuple) -> str:
-        return self._rename(name, frame, -1)
+        return rotated_name(name, frame, -1, "dma", self.engines)
 
     def absolute_name(self, name: str, frame: tuple) -> str:
-        return self._rename(name, frame, 1)
-
-    def _rename(self, name: str, frame: tuple, sign: int) -> str:
-        """``chip<s>.<unit>`` moved by the frame's first stage, and a DMA engine by the
-        rotation of its stage (relative: s and the engine counted from the frame)."""
-        m = _CHIP_UNIT.match(name)
-        if m is None:
-            return name
-        base, first = frame
-        s, unit = int(m.group(1)), m.group(2)
-        i = s if sign > 0 else s - base  # the stage's place in the frame
-        if unit.startswith("dma") and 0 <= i < len(first):
-            unit = f"dma{(int(unit[3:]) + sign * first[i]) % self.engines}"
-        return f"chip{s + sign * base}.{unit}"
-
-
-_CHIP_UNIT = re.compile(r"chip(\d+)\.(.+)\Z")  # a stage's unit or resource: chip3.dma2
+        return rotated_name(name, frame, 1, "dma", self.engines)
 
 
 class Lowerer:

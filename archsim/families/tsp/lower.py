@@ -17,11 +17,10 @@ the generic list scheduler.
 from __future__ import annotations
 
 import math
-import re
 
 import networkx as nx
 
-from archsim.compiler.replay import LayerReplay, run_base
+from archsim.compiler.replay import LayerReplay, rotated_name, rotation_frame
 from archsim.compiler.schedule import issue_order, list_schedule
 from archsim.core.errors import ScenarioError, UnsupportedOpError
 from archsim.core.isa import InstructionStream, StreamBuilder, Timing
@@ -32,7 +31,6 @@ from archsim.graph.build import ops_in_order
 from archsim.graph.ops import Op, OpKind
 from archsim.graph.scenario import DTYPE_BYTES, Scenario
 
-_CHIP_UNIT = re.compile(r"chip(\d+)\.(.+)\Z")  # a stage's unit: chip3.mxm0
 ACC_BYTES = 4  # MXM results leave as int32/fp32: 4 streams per 320 outputs (ISCA20 (r))
 
 
@@ -173,9 +171,7 @@ class Lowerer:
     # replay on other stages and from another first plane, with the chips and planes renamed.
     # Where a transfer's destination sits (its port and hops) is in the snapshot.
     def frame(self, run: list[Op]) -> tuple:
-        base = run_base(run)
-        last = max(op.stage for op in run)
-        return (base, tuple(self.next_plane.get(s, 0) for s in range(base, last + 1)))
+        return rotation_frame(run, self.next_plane)
 
     def snapshot(self, ref, run: list[Op], frame: tuple) -> tuple:
         base, first = frame
@@ -203,23 +199,10 @@ class Lowerer:
         self.out_of[op] = list(state)
 
     def relative_name(self, name: str, frame: tuple) -> str:
-        return self._rename(name, frame, -1)
+        return rotated_name(name, frame, -1, "mxm", self.p.mxm.planes)
 
     def absolute_name(self, name: str, frame: tuple) -> str:
-        return self._rename(name, frame, 1)
-
-    def _rename(self, name: str, frame: tuple, sign: int) -> str:
-        """``chip<s>.<unit>`` moved by the frame's first stage, and an MXM plane by the
-        rotation of its stage (relative: s and the plane counted from the frame)."""
-        m = _CHIP_UNIT.match(name)
-        if m is None:
-            return name
-        base, first = frame
-        s, unit = int(m.group(1)), m.group(2)
-        i = s if sign > 0 else s - base  # the stage's place in the frame
-        if unit.startswith("mxm") and 0 <= i < len(first):
-            unit = f"mxm{(int(unit[3:]) + sign * first[i]) % self.p.mxm.planes}"
-        return f"chip{s + sign * base}.{unit}"
+        return rotated_name(name, frame, 1, "mxm", self.p.mxm.planes)
 
     def lower_op(self, op: Op, deps: list[int]) -> list[int]:
         kind, f = op.kind, self.f
