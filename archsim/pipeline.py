@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import re
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import networkx as nx
 import numpy as np
 
 from archsim.config import load_arch, parse_overrides
@@ -179,6 +181,15 @@ def paused_collection() -> Iterator[None]:
             gc.enable()
 
 
+@functools.lru_cache(maxsize=16)
+def step_graph(spec: ModelSpec, sc: Scenario, layers: int | None) -> nx.DiGraph:
+    """``build_graph``, kept for the next steps of the same model and scenario: a sweep over
+    machine parameters, or ``compare`` over machines, builds each step's graph once. Plan,
+    partition and lowering read the graph and never change it (the partitioned graph is a
+    new one; tests/test_pipeline_graph.py checks every family)."""
+    return build_graph(spec, sc, layers)
+
+
 def _simulate(
     arch, model, phase, batch, ctx, seq, layers, precision, chips, overrides, max_instructions,
     routing_skew,
@@ -191,7 +202,7 @@ def _simulate(
     )
     family = get_family(params.family)
 
-    g = build_graph(spec, sc, layers)
+    g = step_graph(spec, sc, layers)
     refuse_unsupported(g, family, params)
     plan = family.plan(g, params, _chips_arg(chips))
     pg = family.partition(g, plan, params)
