@@ -26,6 +26,22 @@ def test_grid_is_the_cartesian_product():
     assert {p.overrides["memory.hbm_bw_bytes_per_s"] for p in pts} == {2e12, 3e12, 4e12}
 
 
+def test_chunks_keep_points_that_share_a_graph_together():
+    """2 batches x 2 contexts x 3 bandwidths = 12 points, 4 graphs of 3 points each; on one
+    worker the cap is 12 // 4 = 3, so each chunk is one graph's three points, in grid order;
+    on two workers the cap is 12 // 8 = 1 (every point its own chunk)."""
+    from archsim.sweep.run import chunks
+
+    grid = {"arch": "h100-like", "model": "llama3-8b", "batch": "1,2", "ctx": "128,256"}
+    points = expand_grid(grid, {"memory.hbm_bw_bytes_per_s": "1e12,2e12,3e12"})
+    tasks = [(p, str(i), None) for i, p in enumerate(points)]
+    got = chunks(tasks, 1)
+    assert [[t[1] for t in c] for c in got] == [[str(3 * j + k) for k in range(3)]
+                                               for j in range(4)]  # fmt: skip
+    assert all(len({(t[0].batch, t[0].ctx) for t in c}) == 1 for c in got)
+    assert [len(c) for c in chunks(tasks, 2)] == [1] * 12
+
+
 def test_unknown_axis_rejected():
     """A scenario key the sweep does not know is a one-line ConfigError."""
     with pytest.raises(ConfigError, match="bacth"):

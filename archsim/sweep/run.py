@@ -38,20 +38,30 @@ def _alarm(fired: list[bool]):
     return handler
 
 
-def resolved_key(point: SweepPoint) -> tuple[str, str, str]:
+def resolved_key(point: SweepPoint, digests: dict | None = None) -> tuple[str, str, str]:
     """(point key, arch digest, model digest): the key hashes the point's scenario with its
-    resolved arch config and model spec, so a changed preset or model reruns the point."""
+    resolved arch config and model spec, so a changed preset or model reruns the point.
+    ``digests`` keeps the digests of the configs and models already resolved (one sweep's
+    points share a few)."""
     from archsim.config import load_arch
     from archsim.graph.model import load_model
 
-    try:
-        arch = load_arch(point.arch, dict(point.overrides)).digest()
-    except ArchsimError:
-        arch = ""
-    try:
-        model = load_model(point.model).digest()
-    except ArchsimError:
-        model = ""
+    digests = {} if digests is None else digests
+    which = ("arch", point.arch, json.dumps(point.overrides, sort_keys=True))
+    arch = digests.get(which)
+    if arch is None:
+        try:
+            arch = load_arch(point.arch, dict(point.overrides)).digest()
+        except ArchsimError:
+            arch = ""
+        digests[which] = arch
+    model = digests.get(("model", point.model))
+    if model is None:
+        try:
+            model = load_model(point.model).digest()
+        except ArchsimError:
+            model = ""
+        digests[("model", point.model)] = model
     blob = json.dumps({"point": point.point_id, "arch": arch, "model": model}).encode()
     return hashlib.sha256(blob).hexdigest()[:16], arch, model
 
@@ -130,6 +140,24 @@ def _run_one(args: tuple) -> dict:
     return simulate_point(point, key, timeout_s)
 
 
+def _run_chunk(chunk: list[tuple]) -> list[dict]:
+    return [_run_one(task) for task in chunk]
+
+
+def chunks(tasks: list[tuple], workers: int) -> list[list[tuple]]:
+    """The tasks cut into chunks of points that share a step graph (the same model and
+    scenario; they differ in the machine, its --set keys or the chip count), so that a
+    worker builds the graph once for a chunk (pipeline.step_graph). A chunk holds at most
+    1/(4 x workers) of the sweep (and 16 points), so that every worker stays busy."""
+    cap = max(1, min(16, len(tasks) // (4 * workers)))
+    groups: dict[tuple, list[tuple]] = {}
+    for task in tasks:
+        p = task[0]
+        groups.setdefault((p.model, p.phase, p.batch, p.ctx, p.seq, p.precision, p.layers),
+                          []).append(task)  # fmt: skip
+    return [g[i : i + cap] for g in groups.values() for i in range(0, len(g), cap)]
+
+
 def _die_with_parent() -> None:
     """Worker initializer: end this worker when the sweep process dies, even by SIGKILL
     (Linux: the kernel signals it; elsewhere a watchdog notices the parent is gone)."""
@@ -168,9 +196,9 @@ def _local(tasks: list[tuple], workers: int) -> Iterator[dict]:
                                       else None)  # fmt: skip
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_die_with_parent) as pool:  # fmt: skip
-        futures = [pool.submit(_run_one, t) for t in tasks[1:]]
+        futures = [pool.submit(_run_chunk, c) for c in chunks(tasks[1:], workers)]
         for fut in as_completed(futures):
-            yield fut.result()
+            yield from fut.result()
 
 
 def _dask(tasks: list[tuple], scheduler: str, workers: int) -> Iterator[dict]:
@@ -196,9 +224,9 @@ def _dask(tasks: list[tuple], scheduler: str, workers: int) -> Iterator[dict]:
             cluster.close()
         raise ArchsimError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
     try:
-        futures = client.map(_run_one, tasks, pure=False)
+        futures = client.map(_run_chunk, chunks(tasks, workers), pure=False)
         for fut in dask_completed(futures):
-            yield fut.result()
+            yield from fut.result()
     finally:
         client.close()
         if cluster is not None:
@@ -251,9 +279,9 @@ def run_sweep(
     set_keys, kinds = _set_kinds(points)
     store = open_store(out, table_columns(set_keys, kinds))
     seen = store.done_keys()
-    tasks = []
+    tasks, digests = [], {}
     for p in points:
-        key = resolved_key(p)[0]
+        key = resolved_key(p, digests)[0]
         if key not in seen:
             seen.add(key)  # a grid listing a point twice runs it once
             tasks.append((p, key, point_timeout_s))
