@@ -72,7 +72,7 @@ IMC = [
         ["compiler.max_tensor_cards=2", "memory.kv_tier=lpddr"],
         "int8",
     ),
-    ("dmatrix-like", "llama3-70b", "decode", 8, 8, None, [], "int4"),  # 8 streaming stages
+    ("dmatrix-like", "llama3-70b", "decode", 8, 8, 24, [], "int4"),  # 8 streaming stages
     ("dmatrix-like", "llama3-70b", "prefill", 1, 8, None, ["compiler.max_tensor_cards=2"], "int8"),
     ("dmatrix-like", "mixtral-8x7b", "decode", 8, 4, None, [], "int8"),  # experts
     # MLA, dense then MoE layers; array writes beside the MACs
