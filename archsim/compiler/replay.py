@@ -10,7 +10,9 @@ this one" (or of a named op outside the layers, the embedding). A later run repl
 record when
 
 * its ops equal the recorded ones in every field but their id and layer, with the same
-  inputs and consumers (named relative to the layer), and on the same stages;
+  inputs and consumers (named relative to the layer), on the same stages relative to its
+  frame (``Framed``: a family may write its units, resources and stages relative to where
+  the run starts, so that a layer replays on other chips);
 * the family's state at its start (``ReplayState.snapshot``: the last instruction of each
   unit, a plane rotation, bytes in flight, ...) is the same, its indices written as Refs;
 * what the family left for the run's inputs from outside it (``ReplayState.op_state`` of
