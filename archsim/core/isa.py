@@ -21,6 +21,7 @@ bandwidth of each resource) so that a config change retimes a stream without rel
 
 from __future__ import annotations
 
+import bisect
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,7 +371,6 @@ class StreamBuilder:
         self.op_names: list[str] = []
         self._op: dict[str, int] = {}
         self._op_rows: list[list[int]] = []  # per op: its instructions, in order
-        self._ordinal: list[int] = []  # per instruction: its position among its op's
         self.resource_names: list[str] = []
         self._res: dict[str, int] = {}
         self.meta: dict[str, str] = {}
@@ -434,7 +434,6 @@ class StreamBuilder:
             self._opcode[opcode], self._unit[unit], chip, m, n, k, g, h, aux, offchip_bytes,
             onchip_bytes, link_bytes, flops, issue, layer, o, copy,
         ))  # fmt: skip
-        self._ordinal.append(len(self._op_rows[o]))
         self._op_rows[o].append(i)
         plain = {int(d) for d in deps if d is not None and d >= 0}
         if not lagged:  # the common case: end -> start, no lag
@@ -461,7 +460,8 @@ class StreamBuilder:
     # ---- what replaying a lowered layer needs (archsim/compiler/replay.py) -----------------
     def origin(self, i: int) -> tuple[str, int]:
         """Instruction ``i`` as (its op's name, its position among that op's instructions)."""
-        return self.op_names[self._rows[i][OP_COLUMN]], self._ordinal[i]
+        o = self._rows[i][OP_COLUMN]
+        return self.op_names[o], bisect.bisect_left(self._op_rows[o], i)
 
     def find(self, op: str, ordinal: int) -> int | None:
         """The index of op ``op``'s ``ordinal``-th instruction, None if it has no such one."""
@@ -482,11 +482,9 @@ class StreamBuilder:
         self._rows.extend(rows)
         self._deps.extend(deps)
         self._uses.extend(uses)
-        ordinal, op_rows = self._ordinal, self._op_rows
+        op_rows = self._op_rows
         for i, row in enumerate(rows, start):
-            mine = op_rows[row[OP_COLUMN]]
-            ordinal.append(len(mine))
-            mine.append(i)
+            op_rows[row[OP_COLUMN]].append(i)
 
     def op_index(self, name: str) -> int:
         """The index of op ``name`` in the stream's op names, added if new."""
