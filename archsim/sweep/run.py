@@ -48,22 +48,20 @@ def resolved_key(point: SweepPoint, digests: dict | None = None) -> tuple[str, s
 
     digests = {} if digests is None else digests
     which = ("arch", point.arch, json.dumps(point.overrides, sort_keys=True))
-    arch = digests.get(which)
-    if arch is None:
-        try:
-            arch = load_arch(point.arch, dict(point.overrides)).digest()
-        except ArchsimError:
-            arch = ""
-        digests[which] = arch
-    model = digests.get(("model", point.model))
-    if model is None:
-        try:
-            model = load_model(point.model).digest()
-        except ArchsimError:
-            model = ""
-        digests[("model", point.model)] = model
+    arch = _digest(digests, which, lambda: load_arch(point.arch, dict(point.overrides)))
+    model = _digest(digests, ("model", point.model), lambda: load_model(point.model))
     blob = json.dumps({"point": point.point_id, "arch": arch, "model": model}).encode()
     return hashlib.sha256(blob).hexdigest()[:16], arch, model
+
+
+def _digest(digests: dict, which: tuple, load: Callable[[], Any]) -> str:
+    """The digest of what ``load`` resolves ("" if it refuses), kept in ``digests``."""
+    if which not in digests:
+        try:
+            digests[which] = load().digest()
+        except ArchsimError:
+            digests[which] = ""
+    return digests[which]
 
 
 def simulate_point(point: SweepPoint, key: str = "", timeout_s: float | None = None) -> dict:
