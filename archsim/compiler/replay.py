@@ -253,16 +253,15 @@ class LayerReplay:
                 return
         for op in run:
             lower_op(op)
-        self._record(key, sig, snap, run, frame, start)
+        self._record(key, sig, snap, run, frame, start, ref)
 
     def _snapshot(self, ref, run: list[Op], frame: tuple) -> Hashable:
         if self.framed:
             return self.state.snapshot(ref, run, frame)
         return self.state.snapshot(ref, run)
 
-    def _record(self, key, sig, snap, run, frame, start) -> None:
+    def _record(self, key, sig, snap, run, frame, start, ref) -> None:
         b, layer, base = self.b, run[0].layer, frame[0]
-        ref = self._ref_fn(layer, base, start)
         relative = self._names_in(frame, self.state.relative_name if self.framed else None)
         rows, deps, uses = [], [], []
         units: dict[str, int] = {}
